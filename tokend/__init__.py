@@ -1,0 +1,3 @@
+"""tokend: keeps a valid VMware Cloud Foundation SDDC Manager token and serves it on a Unix socket."""
+
+__version__ = "0.1.0"

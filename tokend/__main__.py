@@ -1,0 +1,5 @@
+"""`python -m tokend`."""
+
+from tokend.cli import main
+
+raise SystemExit(main())

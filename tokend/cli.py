@@ -1,0 +1,229 @@
+"""The ``tokend`` command: argument parsing and the subcommands. No logic beyond wiring."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tokend import __version__
+from tokend.client import TokenRefused, Unreachable, get_token, request, socket_path
+from tokend.config import DEFAULT_CONFIG_PATH, check_secrets, describe, load_config, parse_duration
+from tokend.errors import ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"tokend: {message} (see '{self.prog} --help')\n")
+
+
+def _fail(message: str, status: int = EXIT_FAIL) -> int:
+    print(f"tokend: {message}", file=sys.stderr)
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line of SPEC §2."""
+    parser = _Parser(prog="tokend", description="Keeps a valid SDDC Manager token and serves it"
+                     " on a Unix socket.")
+    parser.add_argument("--version", action="version", version=f"tokend {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def client(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--socket", help="tokend's socket (default: $TOKEND_SOCKET, else"
+                       " /run/tokend/tokend.sock)")
+        p.add_argument("--timeout", type=_seconds, default=5.0,
+                       help="give up on an attempt after this long (default 5s)")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    p.add_argument("--config", help="config file (default: $TOKEND_CONFIG, else"
+                   f" {DEFAULT_CONFIG_PATH})")
+
+    p = sub.add_parser("demo", help="run the daemon against an embedded fake SDDC Manager")
+    p.add_argument("--duration", type=_seconds, help="stop after this long (default: Ctrl-C)")
+
+    p = sub.add_parser("token", help="print the current access token")
+    client(p)
+    p.add_argument("--target", help="target name (default: the default target)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print the token JSON")
+    form.add_argument("--header", action="store_true",
+                      help="print 'Authorization: Bearer <token>' (for curl -H @-)")
+    p.add_argument("--min-ttl", type=_seconds, help="a token valid for at least this long")
+    p.add_argument("--wait", type=_seconds, default=0.0,
+                   help="keep retrying while tokend is absent or has no token, up to this long")
+
+    p = sub.add_parser("status", help="per-target state, for a person")
+    client(p)
+    p.add_argument("--json", action="store_true", help="print the status JSON")
+
+    p = sub.add_parser("health", help="exit 0 if tokend is healthy (or ready), else 1")
+    client(p)
+    p.add_argument("--ready", action="store_true", help="check /readyz instead of /healthz")
+    p.add_argument("--target", help="with --ready: only this target")
+
+    p = sub.add_parser("check-config", help="validate the config and read every secret")
+    p.add_argument("--config", help="config file (default: $TOKEND_CONFIG, else"
+                   f" {DEFAULT_CONFIG_PATH})")
+
+    p = sub.add_parser("fake-sddc", help="run the fake SDDC Manager alone")
+    p.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (default 127.0.0.1:8443)")
+    p.add_argument("--access-ttl", type=_seconds, default=3600.0, help="default 3600")
+    p.add_argument("--refresh-ttl", type=_seconds, default=86400.0, help="default 86400")
+    p.add_argument("--user", action="append", default=[], metavar="U:P",
+                   help="a user (repeatable; default administrator@vsphere.local:VMware1!)")
+    p.add_argument("--api-key", action="append", default=[], metavar="K", help="an API key")
+    p.add_argument("--tls-dir", type=Path, help="serve HTTPS with ca.pem, cert.pem, key.pem"
+                   " from this folder (created if absent)")
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text, "value")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (use 30, 500ms, 30s, 5m or 1h)") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tokend`` console script."""
+    args = build_parser().parse_args(argv)
+    command: str = args.command
+    handler = {"run": cmd_run, "demo": cmd_demo, "token": cmd_token, "status": cmd_status,
+               "health": cmd_health, "check-config": cmd_check_config,
+               "fake-sddc": cmd_fake_sddc}[command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return str(args.config or os.environ.get("TOKEND_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``tokend run``: the daemon in the foreground."""
+    from tokend.daemon import Daemon
+    from tokend.harden import harden_process
+    from tokend.logs import configure
+
+    harden_process()
+    try:
+        config = load_config(_config_path(args))
+        check_secrets(config)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    configure(config.log.level, config.log.format)
+    try:
+        return asyncio.run(Daemon(config).run())
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``tokend demo``: the daemon against the embedded fake, in a temp dir."""
+    from tokend.demo import run_demo
+    from tokend.harden import harden_process
+
+    harden_process()
+    status: int = asyncio.run(run_demo(args.duration))
+    return status
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """``tokend token``: print the current access token."""
+    try:
+        data = get_token(args.target, args.min_ttl, args.socket, args.timeout, args.wait)
+    except Unreachable as exc:
+        return _fail(str(exc))
+    except TokenRefused as exc:
+        return _fail(f"no token: {exc}")
+    if args.json:
+        print(json.dumps(data))
+    elif args.header:
+        print(f"Authorization: Bearer {data['accessToken']}")
+    else:
+        print(data["accessToken"])
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``tokend status``: per-target state."""
+    from tokend.status import render_status
+
+    try:
+        answer = request("/v1/status", sock=args.socket, timeout=args.timeout)
+    except Unreachable as exc:
+        return _fail(str(exc))
+    if answer.status != 200:
+        return _fail(answer.error)
+    data: dict[str, Any] = answer.json()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(render_status(data, color=sys.stdout.isatty()))
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """``tokend health``: exit 0 if healthy (or ready); silent unless it fails."""
+    path = "/readyz" if args.ready else "/healthz"
+    if args.ready and args.target:
+        path += f"?target={args.target}"
+    try:
+        answer = request(path, sock=args.socket, timeout=args.timeout)
+    except Unreachable as exc:
+        return _fail(str(exc))
+    if answer.status == 200:
+        return EXIT_OK
+    what = "not ready" if args.ready else "unhealthy"
+    detail = ""
+    if args.ready and answer.status == 503:
+        states = [f"{t['name']}: {t['state']}" for t in answer.json().get("targets", [])]
+        detail = f" ({', '.join(states)})"
+    elif answer.status != 503:
+        detail = f" ({answer.error})"
+    return _fail(f"{socket_path(args.socket)}: {what}{detail}")
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """``tokend check-config``: validate, read every secret, print what tokend would do."""
+    path = _config_path(args)
+    try:
+        config = load_config(path)
+        check_secrets(config)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    print(f"{path}: OK")
+    for line in describe(config):
+        print(line)
+    return EXIT_OK
+
+
+def cmd_fake_sddc(args: argparse.Namespace) -> int:
+    """``tokend fake-sddc``: the fake SDDC Manager alone."""
+    from tokend.fake_sddc import serve_forever
+
+    users: dict[str, str] = {}
+    for item in args.user:
+        name, sep, password = item.partition(":")
+        if not sep or not name or not password:
+            return _fail(f"--user {name or item!r}: expected USER:PASSWORD", EXIT_USAGE)
+        users[name] = password
+    try:
+        asyncio.run(serve_forever(args.listen, args.access_ttl, args.refresh_ttl, users or None,
+                                  args.api_key, args.tls_dir))
+    except ValueError as exc:
+        return _fail(f"--listen: {exc}", EXIT_USAGE)
+    except OSError as exc:
+        return _fail(f"cannot serve on {args.listen}: {exc.strerror or exc}", EXIT_FAIL)
+    return EXIT_OK

@@ -1,0 +1,109 @@
+"""``tokend demo``: the embedded fake SDDC Manager and the daemon against it, in a temp dir.
+
+Short token lifetimes make refreshes visible within seconds. Nothing leaves loopback, and the
+password is random, written to a 0600 file, never put on a command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from tokend.config import load_config
+from tokend.daemon import Daemon
+from tokend.fake_sddc import FakeSddc, ensure_tls_dir, start_fake
+from tokend.logs import configure
+
+ACCESS_TTL = 10.0
+USER = "administrator@vsphere.local"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _write_config(workdir: Path, url: str, ca: Path, metrics_port: int) -> Path:
+    password_file = workdir / "password"
+    config = workdir / "config.toml"
+    config.write_text(f"""\
+[server]
+socket = "{workdir / 'tokend.sock'}"
+socket_mode = "0600"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[log]
+level = "info"
+format = "console"
+
+[[targets]]
+name = "demo"
+url = "{url}"
+username = "{USER}"
+password_file = "{password_file}"
+ca_file = "{ca}"
+refresh_at = 0.7
+jitter = 0.05
+request_timeout = "5s"
+""")
+    return config
+
+
+def _banner(workdir: Path, url: str, ca: Path, metrics_port: int) -> str:
+    argv0 = Path(sys.argv[0])
+    exe = str(argv0.resolve()) if argv0.name == "tokend" else (
+        shutil.which("tokend") or f"{sys.executable} -m tokend")
+    sock = workdir / "tokend.sock"
+    return f"""
+tokend demo: a fake SDDC Manager at {url} issues {ACCESS_TTL:g}-second tokens; tokend keeps one.
+socket: {sock}
+
+Try, in another terminal:
+  export TOKEND_SOCKET={sock}
+  {exe} token
+  {exe} token --header | curl -sS --cacert {ca} -H @- {url}/v1/domains
+  {exe} status
+  curl --unix-socket {sock} http://tokend/v1/token
+  curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^tokend_
+
+Ctrl-C stops both and removes {workdir}.
+"""
+
+
+async def run_demo(duration: float | None) -> int:
+    """Run the demo until Ctrl-C or ``duration`` seconds; clean up; return the exit status."""
+    workdir = Path(tempfile.mkdtemp(prefix="tokend-demo-"))
+    runner = None
+    try:
+        ssl_context = ensure_tls_dir(workdir / "tls")
+        password = secrets.token_urlsafe(18)
+        fake = FakeSddc(access_ttl=ACCESS_TTL, users={USER: password})
+        runner, url = await start_fake(fake, "127.0.0.1", 0, ssl_context)
+        (workdir / "password").touch(mode=0o600)
+        (workdir / "password").write_text(password + "\n")
+        metrics_port = _free_port()
+        ca = workdir / "tls" / "ca.pem"
+        config = load_config(_write_config(workdir, url, ca, metrics_port))
+        configure(config.log.level, config.log.format)
+        print(_banner(workdir, url, ca, metrics_port), flush=True)
+        daemon = Daemon(config)
+        task = asyncio.create_task(daemon.run())
+        if duration is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), duration)
+            daemon.stop()
+        return await task
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)

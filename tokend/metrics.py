@@ -1,0 +1,114 @@
+"""Every Prometheus metric tokend exports (SPEC §6), on a registry of its own per daemon."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.process_collector import ProcessCollector
+
+from tokend import __version__
+from tokend.schedule import STATES, State
+
+UPSTREAM_OPERATIONS = ("login", "refresh", "revoke")
+UPSTREAM_OUTCOMES = ("success", "rejected", "refresh_token_gone", "http_error", "network_error",
+                     "tls_error", "timeout", "invalid_response")
+TOKEN_REQUEST_OUTCOMES = ("served", "unavailable", "below_min_ttl", "forbidden", "not_found",
+                          "bad_request")
+
+
+class Metrics:
+    """The metric families, registered on ``self.registry``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.token_expiry = Gauge(
+            "tokend_token_expiry_timestamp_seconds",
+            "When tokend stops serving the current token (local clock)", ["target"], registry=r)
+        self.token_issued = Gauge(
+            "tokend_token_issued_timestamp_seconds",
+            "When the current token was obtained (local clock)", ["target"], registry=r)
+        self.token_valid = Gauge(
+            "tokend_token_valid", "1 while a valid token is held", ["target"], registry=r)
+        self.target_state = Gauge(
+            "tokend_target_state", "1 for the target's current state", ["target", "state"],
+            registry=r)
+        self.upstream_requests = Counter(
+            "tokend_upstream_requests_total", "Calls to the SDDC Manager token API",
+            ["target", "operation", "outcome"], registry=r)
+        self.upstream_duration = Histogram(
+            "tokend_upstream_request_duration_seconds", "Duration of calls to the token API",
+            ["target", "operation"], registry=r,
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.consecutive_failures = Gauge(
+            "tokend_refresh_consecutive_failures", "Failed upstream calls in a row", ["target"],
+            registry=r)
+        self.clock_skew = Gauge(
+            "tokend_clock_skew_seconds", "Upstream clock minus local clock, from the Date header",
+            ["target"], registry=r)
+        self.token_requests = Counter(
+            "tokend_token_requests_total", "Token requests on the socket", ["outcome"], registry=r)
+        self.config_reload_ok = Gauge(
+            "tokend_config_last_reload_successful",
+            "0 after a SIGHUP whose config failed to load", registry=r)
+        self.build_info = Gauge("tokend_build_info", "tokend version", ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
+        self.config_reload_ok.set(1)
+        # Resolve the socket-side children once, so serving a token does no label lookups.
+        self.served = {o: self.token_requests.labels(outcome=o) for o in TOKEN_REQUEST_OUTCOMES}
+
+    def target(self, name: str) -> TargetMetrics:
+        """The pre-resolved children for one target."""
+        return TargetMetrics(self, name)
+
+    def remove_target(self, name: str) -> None:
+        """Drop a removed target's series."""
+        for family in (self.token_expiry, self.token_issued, self.token_valid,
+                       self.consecutive_failures, self.clock_skew):
+            _remove(family, name)
+        for state in STATES:
+            _remove(self.target_state, name, state)
+        for op in UPSTREAM_OPERATIONS:
+            _remove(self.upstream_duration, name, op)
+            for outcome in UPSTREAM_OUTCOMES:
+                _remove(self.upstream_requests, name, op, outcome)
+
+
+def _remove(family: Gauge | Counter | Histogram, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        family.remove(*labels)
+
+
+class TargetMetrics:
+    """One target's series."""
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self._m = metrics
+        self.name = name
+        self.expiry = metrics.token_expiry.labels(target=name)
+        self.issued = metrics.token_issued.labels(target=name)
+        self.valid = metrics.token_valid.labels(target=name)
+        self.failures = metrics.consecutive_failures.labels(target=name)
+        self.skew = metrics.clock_skew.labels(target=name)
+        self.states = {s: metrics.target_state.labels(target=name, state=s) for s in STATES}
+        # Pre-create the counters so rate() works from the first scrape.
+        for op in UPSTREAM_OPERATIONS:
+            metrics.upstream_duration.labels(target=name, operation=op)
+            for outcome in UPSTREAM_OUTCOMES:
+                metrics.upstream_requests.labels(target=name, operation=op, outcome=outcome)
+        self.valid.set(0)
+        self.set_state("starting")
+
+    def set_state(self, state: State) -> None:
+        """Make ``state`` the one state series at 1."""
+        for name, child in self.states.items():
+            child.set(1 if name == state else 0)
+
+    def upstream(self, operation: str, outcome: str, duration: float | None) -> None:
+        """Count one upstream call."""
+        self._m.upstream_requests.labels(target=self.name, operation=operation,
+                                         outcome=outcome).inc()
+        if duration is not None:
+            self._m.upstream_duration.labels(target=self.name, operation=operation).observe(duration)

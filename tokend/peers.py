@@ -1,0 +1,53 @@
+"""Who is on the other end of a Unix-socket connection, and whether the allow-lists let them in."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+from tokend.config import ServerConfig
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The credentials of a connected process, read once at accept."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    """SO_PEERCRED, plus supplementary groups from ``/proc/<pid>/status``."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid, frozenset({gid}) | _supplementary_groups(pid))
+
+
+def _supplementary_groups(pid: int) -> frozenset[int]:
+    # The peer's groups at accept time; a process that exits at once leaves none to read.
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:] if g.isdigit())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def admits(server: ServerConfig, peer: Peer) -> bool:
+    """Listed uid OR any listed group; both lists empty admits everyone who can open the socket."""
+    if not server.allowed_uids and not server.allowed_gids:
+        return True
+    return peer.uid in server.allowed_uids or bool(peer.groups & server.allowed_gids)
+
+
+def denial_message(peer: Peer) -> tuple[str, str]:
+    """The message and remediation of the 403 a denied peer gets."""
+    groups = ",".join(str(g) for g in sorted(peer.groups)) or str(peer.gid)
+    return (f"uid {peer.uid} (groups {groups}) is not allowed to use this socket",
+            f"Add {peer.uid} to server.allowed_uids, or one of its groups to server.allowed_gids,"
+            " then reload tokend (SIGHUP)")

@@ -1,0 +1,284 @@
+"""The consumer API on the Unix socket, and the TCP listener for metrics and probes.
+
+Peers are checked once, when the connection is accepted: a denied peer gets one 403 and is closed
+before any of its request is read. Token answers are pre-rendered per token (see ServedToken), so
+the hot path is a dict lookup, a clock read and a byte concatenation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from tokend.config import Config
+from tokend.errbody import error_body, error_response, raw_http_error
+from tokend.keeper import Keeper, ServeError
+from tokend.logs import get_logger
+from tokend.metrics import Metrics
+from tokend.peers import Peer, admits, denial_message, peer_of
+
+MAX_BODY = 4096
+DENIAL_LOG_INTERVAL = 60.0
+log = get_logger()
+
+
+class Hub(Protocol):
+    """What the servers need from the daemon."""
+
+    config: Config
+    keepers: dict[str, Keeper]
+    metrics: Metrics
+
+    def healthy(self, now: float) -> bool:
+        """True while the loop and every keeper make progress."""
+
+    def ready(self, now: float, target: str | None) -> bool:
+        """True when every target (or ``target``) holds a valid token."""
+
+    def status(self) -> dict[str, Any]:
+        """The ``GET /v1/status`` document."""
+
+
+HUB = web.AppKey("hub", Hub)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- the Unix-socket API -----------------------------------------------------------------------
+
+
+def socket_app(hub: Hub) -> web.Application:
+    """The consumer API of SPEC §4."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_as_json])
+    app[HUB] = hub
+    app.router.add_get("/v1/token", _default_token)
+    app.router.add_get("/v1/targets/{name}/token", _target_token)
+    app.router.add_post("/v1/targets/{name}/invalidate", _invalidate)
+    app.router.add_get("/v1/status", _status)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz_socket)
+    return app
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render aiohttp's own HTTP errors (404, 405, 413) in the Error shape too."""
+    try:
+        return await handler(request)
+    except ServeError as err:
+        return _serve_error(request, err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
+            exc.status, "BAD_REQUEST")
+        if exc.status == 404:
+            request.app[HUB].metrics.served["not_found"].inc()
+        elif exc.status in (400, 413):
+            request.app[HUB].metrics.served["bad_request"].inc()
+        return error_response(exc.status, code, exc.reason)
+
+
+_OUTCOME = {"TOKEN_UNAVAILABLE": "unavailable", "TOKEN_BELOW_MIN_TTL": "below_min_ttl",
+            "TARGET_NOT_FOUND": "not_found", "BAD_REQUEST": "bad_request"}
+
+
+def _serve_error(request: web.Request, err: ServeError) -> web.Response:
+    outcome = _OUTCOME.get(err.code)
+    if outcome is not None:
+        request.app[HUB].metrics.served[outcome].inc()
+    return error_response(err.status, err.code, err.message, err.remediation, err.reference_token,
+                          err.retry_after)
+
+
+def _keeper(request: web.Request, name: str) -> Keeper:
+    keeper = request.app[HUB].keepers.get(name)
+    if keeper is None:
+        names = ", ".join(sorted(request.app[HUB].keepers))
+        raise ServeError(404, "TARGET_NOT_FOUND", f"no target named '{name}'",
+                         f"Use one of: {names}")
+    return keeper
+
+
+def _query(request: web.Request) -> tuple[bool, float | None]:
+    """(raw?, min_ttl) from the query string; 400 on a bad value."""
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "raw"):
+        raise ServeError(400, "BAD_REQUEST", f"format must be 'json' or 'raw', not {fmt[:40]!r}")
+    min_ttl: float | None = None
+    if "min_ttl" in request.query:
+        text = request.query["min_ttl"]
+        try:
+            min_ttl = float(text)
+        except ValueError:
+            min_ttl = math.nan
+        if not math.isfinite(min_ttl) or min_ttl < 0:
+            raise ServeError(400, "BAD_REQUEST",
+                             f"min_ttl must be a number of seconds >= 0, not {text[:40]!r}")
+    return fmt == "raw", min_ttl
+
+
+async def _answer_token(request: web.Request, keeper: Keeper) -> web.Response:
+    raw, min_ttl = _query(request)
+    served = await keeper.token(min_ttl)
+    request.app[HUB].metrics.served["served"].inc()
+    if raw:
+        return web.Response(body=served.raw, content_type="text/plain")
+    return web.Response(body=served.json(time.monotonic()), content_type="application/json")
+
+
+async def _default_token(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    return await _answer_token(request, _keeper(request, hub.config.default_target))
+
+
+async def _target_token(request: web.Request) -> web.Response:
+    return await _answer_token(request, _keeper(request, request.match_info["name"]))
+
+
+async def _invalidate(request: web.Request) -> web.Response:
+    keeper = _keeper(request, request.match_info["name"])
+    body = await request.read()
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    fp = data.get("fingerprint") if isinstance(data, dict) else None
+    if not isinstance(fp, str) or not fp.startswith("sha256:"):
+        raise ServeError(400, "BAD_REQUEST",
+                         'the body must be {"fingerprint": "sha256:<hex>"} of the refused token',
+                         "Send the fingerprint field of the token JSON you were served")
+    served = await keeper.invalidate(fp)
+    request.app[HUB].metrics.served["served"].inc()
+    return web.Response(body=served.json(time.monotonic()), content_type="application/json")
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HUB].status())
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    ok = request.app[HUB].healthy(time.monotonic())
+    return web.Response(status=200 if ok else 503, text="ok\n" if ok else "unhealthy\n")
+
+
+async def _readyz_socket(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    target = request.query.get("target")
+    if target is not None and target not in hub.keepers:
+        raise ServeError(404, "TARGET_NOT_FOUND", f"no target named '{target[:100]}'")
+    if hub.ready(time.monotonic(), target):
+        return web.Response(text="ready\n")
+    return web.json_response(hub.status(), status=503, headers={"Retry-After": "5"})
+
+
+# -- accepting connections ---------------------------------------------------------------------
+
+
+class PeerGate:
+    """Decides at accept time; remembers whom it denied, to log each uid once a minute."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._last_logged: dict[int, float] = {}
+
+    def admit(self, peer: Peer) -> bool:
+        """Whether ``peer`` may talk to the API (the allow-lists as currently loaded)."""
+        return admits(self.hub.config.server, peer)
+
+    def denied(self, peer: Peer) -> None:
+        """Count and (rate-limited) log a denied peer."""
+        self.hub.metrics.served["forbidden"].inc()
+        now = time.monotonic()
+        if now - self._last_logged.get(peer.uid, -math.inf) >= DENIAL_LOG_INTERVAL:
+            self._last_logged[peer.uid] = now
+            if len(self._last_logged) > 4096:  # bounded, whatever uids come and go
+                self._last_logged = {peer.uid: now}
+            message, remediation = denial_message(peer)
+            log.warning("consumer.denied", uid=peer.uid, gid=peer.gid, pid=peer.pid,
+                        groups=sorted(peer.groups), message=message, remediation=remediation)
+
+
+class _GateProtocol(asyncio.Protocol):
+    """The first protocol of every connection: admits it to aiohttp, or answers 403 and closes."""
+
+    def __init__(self, server: web.Server, gate: PeerGate) -> None:
+        self._server = server
+        self._gate = gate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock: socket.socket | None = transport.get_extra_info("socket")
+        try:
+            peer = peer_of(sock) if sock is not None else None
+        except OSError:
+            peer = None
+        if peer is None or not self._gate.admit(peer):
+            if peer is not None:
+                self._gate.denied(peer)
+                message, remediation = denial_message(peer)
+            else:
+                message, remediation = "peer credentials unavailable", ""
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(raw_http_error(403, "Forbidden",
+                                           error_body("FORBIDDEN", message, remediation)))
+            transport.close()
+            return
+        handler = self._server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        """A denied peer's bytes: never read into a request."""
+
+
+class GatedUnixSite(web.BaseSite):
+    """Like aiohttp's SockSite for a bound Unix socket, with the peer check at accept."""
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, gate: PeerGate,
+                 shutdown_timeout: float = 5.0) -> None:
+        super().__init__(runner, shutdown_timeout=shutdown_timeout)
+        self._sock = sock
+        self._gate = gate
+
+    @property
+    def name(self) -> str:
+        """The socket path, for aiohttp's logs."""
+        return f"http://unix:{self._sock.getsockname()}:"
+
+    async def start(self) -> None:
+        """Listen on the already-bound socket."""
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        gate = self._gate
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: _GateProtocol(server, gate), sock=self._sock, backlog=self._backlog)
+
+
+# -- the TCP listener --------------------------------------------------------------------------
+
+
+def metrics_app(hub: Hub) -> web.Application:
+    """``/metrics``, ``/healthz``, ``/readyz``: status codes and metrics only (SPEC §5.7)."""
+    app = web.Application(client_max_size=1024)
+    app[HUB] = hub
+    app.router.add_get("/metrics", make_aiohttp_handler(hub.metrics.registry))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz_tcp)
+    return app
+
+
+async def _readyz_tcp(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    target = request.query.get("target")
+    if target is not None and target not in hub.keepers:
+        return web.Response(status=404, text="unknown target\n")
+    ok = hub.ready(time.monotonic(), target)
+    return web.Response(status=200 if ok else 503, text="ready\n" if ok else "not ready\n")

@@ -1,0 +1,355 @@
+"""The SDDC Manager client: login, refresh, revoke. The only place that knows HTTP.
+
+Every failure leaves this module as one of the errors in :mod:`tokend.errors`; nothing from aiohttp,
+ssl or json escapes. Redirects are never followed: a 3xx on ``POST /v1/tokens`` could carry the
+password to another host, so it is an invalid response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from tokend.config import TargetConfig
+from tokend.errors import (
+    CredentialsRejected,
+    InvalidResponse,
+    RefreshTokenGone,
+    TransientError,
+    UpstreamDetail,
+    UpstreamError,
+)
+from tokend.jwtinfo import Claims, decode_claims
+from tokend.secrets import Secret
+
+LOGIN_PATH = "/v1/tokens"
+REFRESH_PATH = "/v1/tokens/access-token/refresh"
+REVOKE_PATH = "/v1/tokens/refresh-token"
+MAX_BODY = 1 << 20  # an access token is a few KiB; anything near this is not an SDDC Manager
+MAX_DETAIL_CHARS = 1000
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+Operation = Literal["login", "refresh", "revoke"]
+BodyForm = Literal["json", "bare"]
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A token the upstream just issued, with the timing facts expiry tracking needs."""
+
+    access_token: str
+    refresh_id: str | None  # only from a login; a refresh does not rotate it
+    claims: Claims
+    sent_mono: float
+    sent_wall: float
+    server_date: float | None
+    received_wall: float
+    duration: float
+
+    @property
+    def clock_skew(self) -> float | None:
+        """Upstream clock minus local clock, from the ``Date`` header (±0.5 s resolution)."""
+        if self.server_date is None:
+            return None
+        return self.server_date - (self.sent_wall + self.received_wall) / 2
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    sent_mono: float
+    sent_wall: float
+    received_wall: float
+    duration: float
+
+
+def format_pin(der: bytes) -> str:
+    """A certificate's SHA-256 in the ``tls_fingerprint`` format (``sha256:AB:CD:…``)."""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return "sha256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+class PinnedFingerprints(aiohttp.Fingerprint):
+    """Accept a server whose leaf certificate matches any pin (a list stages a rotation)."""
+
+    def __init__(self, pins: tuple[str, ...]) -> None:
+        digests = {bytes.fromhex(p.removeprefix("sha256:").replace(":", "")) for p in pins}
+        super().__init__(next(iter(digests)))
+        self._digests = digests
+
+    def check(self, transport: asyncio.Transport) -> None:
+        """Raise ServerFingerprintMismatch unless the presented leaf is pinned."""
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is None:
+            return
+        der = sslobj.getpeercert(binary_form=True)
+        got = hashlib.sha256(der).digest()
+        if got not in self._digests:
+            host, port, *_ = transport.get_extra_info("peername")
+            raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
+
+
+def tls_setting(target: TargetConfig) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+    """What aiohttp's ``ssl=`` gets: pins, no verification, or system CAs plus ``ca_file``."""
+    if target.tls_fingerprint:
+        return PinnedFingerprints(target.tls_fingerprint)
+    if not target.verify_tls:
+        return False
+    context = ssl.create_default_context()
+    if target.ca_file is not None:
+        # create_default_context(cafile=X) would trust only X; this adds X to the system CAs.
+        context.load_verify_locations(cafile=str(target.ca_file))
+    return context
+
+
+def parse_detail(body: bytes) -> UpstreamDetail:
+    """The operator-relevant fields of an upstream ``Error`` body, if it is one."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return UpstreamDetail()
+    if not isinstance(data, dict):
+        return UpstreamDetail()
+
+    def text(key: str) -> str | None:
+        value = data.get(key)
+        if value is None or isinstance(value, dict | list):
+            return None
+        return str(value)[:MAX_DETAIL_CHARS]
+
+    return UpstreamDetail(
+        error_code=text("errorCode"),
+        message=text("message"),
+        remediation_message=text("remediationMessage"),
+        reference_token=text("referenceToken"),
+    )
+
+
+def parse_retry_after(value: str | None, now_wall: float) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now_wall)
+
+
+def parse_date(value: str | None) -> float | None:
+    """Epoch seconds from an HTTP ``Date`` header, or None."""
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+async def presented_fingerprint(url: str, timeout: float) -> str | None:
+    """Connect without verification just to read the leaf certificate the server presents."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, parts.port or 443, ssl=context, server_hostname=host),
+            timeout,
+        )
+    except (OSError, TimeoutError, ssl.SSLError):
+        return None
+    try:
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        return format_pin(der) if der else None
+    finally:
+        writer.close()
+
+
+class UpstreamClient:
+    """One target's SDDC Manager. One HTTP session, and the refresh body form once it is known."""
+
+    def __init__(self, target: TargetConfig) -> None:
+        self.target = target
+        self.refresh_form: BodyForm | None = None
+        self._ssl = tls_setting(target)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                base_url=self.target.url + "/",
+                timeout=aiohttp.ClientTimeout(total=self.target.request_timeout),
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=2),
+                trust_env=False,
+                skip_auto_headers=("User-Agent",),
+                headers={"User-Agent": "tokend"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def login(self, username: str | None, secret: Secret) -> Issued:
+        """``POST /v1/tokens`` with a username and password, or an API key."""
+        spec = ({"username": username, "password": secret.reveal()} if username is not None
+                else {"apiKey": secret.reveal()})
+        response = await self._call("login", "POST", LOGIN_PATH, json.dumps(spec).encode())
+        if 200 <= response.status < 300:
+            return self._issued_from_login(response)
+        if response.status in (400, 401, 403):
+            raise self._error(CredentialsRejected, response, "login was rejected")
+        raise self._http_failure(response, "login")
+
+    async def refresh(self, refresh_id: str) -> Issued:
+        """``PATCH /v1/tokens/access-token/refresh``, discovering the body form on first use."""
+        form: BodyForm = self.refresh_form or "json"
+        response = await self._call("refresh", "PATCH", REFRESH_PATH, _refresh_body(form, refresh_id))
+        if response.status == 400 and self.refresh_form is None:
+            # No form has worked yet: the server may want the bare id (the PowerShell module's form).
+            form = "bare"
+            response = await self._call("refresh", "PATCH", REFRESH_PATH,
+                                        _refresh_body(form, refresh_id))
+        if 200 <= response.status < 300:
+            issued = self._issued_from_refresh(response)
+            self.refresh_form = form
+            return issued
+        if response.status in (400, 401, 403, 404):
+            raise self._error(RefreshTokenGone, response, "the refresh token was refused")
+        raise self._http_failure(response, "refresh")
+
+    async def revoke(self, refresh_id: str) -> None:
+        """``DELETE /v1/tokens/refresh-token``."""
+        form: BodyForm = self.refresh_form or "json"
+        response = await self._call("revoke", "DELETE", REVOKE_PATH, _refresh_body(form, refresh_id))
+        if not 200 <= response.status < 300:
+            raise self._http_failure(response, "revoke")
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _call(self, operation: Operation, method: str, path: str, body: bytes) -> _Response:
+        session = self._get_session()
+        sent_wall = time.time()
+        sent_mono = time.monotonic()
+        try:
+            async with session.request(method, path.lstrip("/"), data=body, headers=JSON_HEADERS,
+                                       allow_redirects=False) as resp:
+                data = await resp.content.read(MAX_BODY + 1)
+                if len(data) > MAX_BODY:
+                    raise InvalidResponse(f"{operation}: response body larger than {MAX_BODY} bytes")
+                return _Response(resp.status, resp.headers, data, sent_mono, sent_wall,
+                                 time.time(), time.monotonic() - sent_mono)
+        except aiohttp.ServerFingerprintMismatch as exc:
+            presented = format_pin_bytes(exc.got)
+            raise TransientError(
+                f"{operation}: TLS certificate {presented} matches no tls_fingerprint pin",
+                outcome="tls_error", detail=_tls_detail(presented)) from None
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+            pin = await presented_fingerprint(self.target.url, self.target.request_timeout)
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            raise TransientError(
+                f"{operation}: TLS handshake failed ({_one_line(str(reason))}); the server presented"
+                f" certificate {pin or 'unknown'}",
+                outcome="tls_error", detail=_tls_detail(pin)) from None
+        except TimeoutError:
+            raise TransientError(
+                f"{operation}: no answer within {self.target.request_timeout:g}s",
+                outcome="timeout") from None
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"{operation}: {type(exc).__name__}: {_one_line(str(exc))}",
+                                 outcome="network_error") from None
+        except OSError as exc:
+            raise TransientError(f"{operation}: {type(exc).__name__}: {exc.strerror or exc}",
+                                 outcome="network_error") from None
+
+    def _issued_from_login(self, response: _Response) -> Issued:
+        data = _json(response, "login")
+        if not isinstance(data, dict):
+            raise InvalidResponse("login: the answer is not a TokenPair object")
+        access = data.get("accessToken")
+        refresh = data.get("refreshToken")
+        refresh_id = refresh.get("id") if isinstance(refresh, dict) else None
+        if not isinstance(access, str) or not access:
+            raise InvalidResponse("login: the answer has no accessToken string")
+        if not isinstance(refresh_id, str) or not refresh_id:
+            raise InvalidResponse("login: the answer has no refreshToken.id string")
+        return self._issued(response, access, refresh_id)
+
+    def _issued_from_refresh(self, response: _Response) -> Issued:
+        data = _json(response, "refresh")
+        if not isinstance(data, str) or not data:
+            raise InvalidResponse("refresh: the answer is not the access token as a JSON string")
+        return self._issued(response, data, None)
+
+    def _issued(self, response: _Response, access: str, refresh_id: str | None) -> Issued:
+        return Issued(
+            access_token=access,
+            refresh_id=refresh_id,
+            claims=decode_claims(access),
+            sent_mono=response.sent_mono,
+            sent_wall=response.sent_wall,
+            server_date=parse_date(response.headers.get("Date")),
+            received_wall=response.received_wall,
+            duration=response.duration,
+        )
+
+    def _error(self, cls: type[UpstreamError], response: _Response, what: str) -> UpstreamError:
+        return cls(f"{what} (HTTP {response.status})", status=response.status,
+                   detail=parse_detail(response.body),
+                   retry_after=parse_retry_after(response.headers.get("Retry-After"),
+                                                 response.received_wall))
+
+    def _http_failure(self, response: _Response, operation: Operation) -> UpstreamError:
+        if 300 <= response.status < 400:
+            return InvalidResponse(
+                f"{operation}: HTTP {response.status} redirect not followed (the url must point at"
+                " the SDDC Manager itself)", status=response.status)
+        return self._error(TransientError, response, f"{operation} failed")
+
+
+def _refresh_body(form: BodyForm, refresh_id: str) -> bytes:
+    return (json.dumps(refresh_id) if form == "json" else refresh_id).encode()
+
+
+def _json(response: _Response, operation: str) -> Any:
+    try:
+        return json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidResponse(f"{operation}: the answer is not JSON") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+def format_pin_bytes(digest: bytes) -> str:
+    """A raw SHA-256 digest in the ``tls_fingerprint`` format."""
+    hexed = digest.hex().upper()
+    return "sha256:" + ":".join(hexed[i:i + 2] for i in range(0, len(hexed), 2))
+
+
+def _tls_detail(presented: str | None) -> UpstreamDetail:
+    fix = ("Trust the issuing CA with ca_file, or pin the certificate with"
+           f" tls_fingerprint = \"{presented}\" once you have verified it out of band"
+           if presented else "Check ca_file / tls_fingerprint and the server's certificate")
+    return UpstreamDetail(error_code="TLS_ERROR", remediation_message=fix)
