@@ -620,6 +620,21 @@ def test_after_that_login_refreshes_resume_while_a_refresh_token_is_held(outcome
     assert p.next_action(2530.0).kind == "refresh"
 
 
+def test_after_a_failed_fallback_login_three_new_refresh_failures_are_needed_for_another() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    for i in range(3):
+        p.on_failure(2520.0 + i, "refresh", transient())
+    p.on_failure(2530.0, "login", transient())
+    p.on_failure(2531.0, "refresh", transient())
+    p.on_failure(2532.0, "refresh", transient())
+
+    assert p.next_action(2533.0).kind == "refresh"
+
+    p.on_failure(2533.0, "refresh", transient())
+
+    assert p.next_action(2534.0).kind == "login"
+
+
 def test_refresh_token_gone_makes_the_next_action_an_immediate_login() -> None:
     p = logged_in(high, now=0.0, lifetime=3600.0)
     p.on_failure(2520.0, "refresh", transient())

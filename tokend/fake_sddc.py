@@ -253,6 +253,7 @@ class FakeSddc:
         self.faults = Faults(self.revoke_all_refresh_tokens)
         self.calls: list[CallRecord] = []
         self.issued_access_tokens: list[str] = []
+        self.issued_refresh_ids: list[str] = []
         self._secret = secrets.token_bytes(32)
         self._refresh: dict[str, _RefreshEntry] = {}
         self._access_exp: dict[str, float] = {}
@@ -332,6 +333,7 @@ class FakeSddc:
     def _issue_refresh_id(self, user: str) -> str:
         rid = str(uuid.uuid4())
         self._refresh[rid] = _RefreshEntry(user, self.now() + self.refresh_ttl)
+        self.issued_refresh_ids.append(rid)
         return rid
 
     def _refresh_entry(self, rid: str) -> _RefreshEntry | None:
