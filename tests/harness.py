@@ -190,7 +190,7 @@ async def start_upstream(fake: FakeSddc, tls: TLS) -> Upstream:
 
 def write_config(workdir: Path, url: str, ca_pem: Path | None, *, target: str = "",
                  server: str = "", extra_targets: str = "", password: str = PASSWORD,
-                 log_level: str = "debug") -> Path:
+                 log_level: str = "debug", metrics_listen: str = "") -> Path:
     """A config for one target ``t1`` (and maybe more); ``target``/``server`` add raw TOML lines."""
     secret = workdir / "password"
     if not secret.exists():
@@ -204,7 +204,7 @@ def write_config(workdir: Path, url: str, ca_pem: Path | None, *, target: str = 
         {server}
 
         [metrics]
-        listen = ""
+        listen = "{metrics_listen}"
 
         [log]
         level = "{log_level}"
