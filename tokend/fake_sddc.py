@@ -617,7 +617,7 @@ async def start_fake(
     fake: FakeSddc, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
 ) -> tuple[web.AppRunner, str]:
     """Serve ``fake`` on ``host:port`` (0: a free port); the runner (to clean up) and the base URL."""
-    runner = web.AppRunner(fake.app(), access_log=None)
+    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
