@@ -4,6 +4,7 @@ socket activation through Debian's ``systemd-socket-activate``."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import signal
 import socket
@@ -99,7 +100,7 @@ async def test_watchdog_pings_at_half_the_interval_while_healthy(
                                           env={"WATCHDOG_USEC": "2000000"})
     await eventually(lambda: len(notify.lines("WATCHDOG=1")) >= 4, 15, what="four WATCHDOG=1")
     times = [t for t, _ in notify.lines("WATCHDOG=1")]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(0.5 < gap < 1.5 for gap in gaps), gaps  # WATCHDOG_USEC/2 = 1 s
     await tokend.stop()
     notify.close()
