@@ -118,7 +118,7 @@ def parse_detail(body: bytes) -> UpstreamDetail:
     """The operator-relevant fields of an upstream ``Error`` body, if it is one."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         return UpstreamDetail()
     if not isinstance(data, dict):
         return UpstreamDetail()
@@ -142,13 +142,14 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() is also true for '²', which float() refuses
         return float(value)
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        # A date without a zone is local time; near year 1 or 9999 it has no timestamp.
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - now_wall)
+    return max(0.0, when - now_wall)
 
 
 def parse_date(value: str | None) -> float | None:
@@ -157,7 +158,7 @@ def parse_date(value: str | None) -> float | None:
         return None
     try:
         return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -254,9 +255,7 @@ class UpstreamClient:
         try:
             async with session.request(method, path.lstrip("/"), data=body, headers=JSON_HEADERS,
                                        allow_redirects=False) as resp:
-                data = await resp.content.read(MAX_BODY + 1)
-                if len(data) > MAX_BODY:
-                    raise InvalidResponse(f"{operation}: response body larger than {MAX_BODY} bytes")
+                data = await _read_body(resp, operation)
                 return _Response(resp.status, resp.headers, data, sent_mono, sent_wall,
                                  time.time(), time.monotonic() - sent_mono)
         except aiohttp.ServerFingerprintMismatch as exc:
@@ -266,9 +265,8 @@ class UpstreamClient:
                 outcome="tls_error", detail=_tls_detail(presented)) from None
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
             pin = await presented_fingerprint(self.target.url, self.target.request_timeout)
-            reason = getattr(exc, "reason", None) or type(exc).__name__
             raise TransientError(
-                f"{operation}: TLS handshake failed ({_one_line(str(reason))}); the server presented"
+                f"{operation}: TLS handshake failed ({_one_line(_tls_reason(exc))}); the server presented"
                 f" certificate {pin or 'unknown'}",
                 outcome="tls_error", detail=_tls_detail(pin)) from None
         except TimeoutError:
@@ -327,6 +325,16 @@ class UpstreamClient:
         return self._error(TransientError, response, f"{operation} failed")
 
 
+async def _read_body(resp: aiohttp.ClientResponse, operation: str) -> bytes:
+    """The whole body, up to MAX_BODY. ``read(n)`` returns what has arrived so far, not n bytes."""
+    data = bytearray()
+    while chunk := await resp.content.read(MAX_BODY + 1 - len(data)):
+        data += chunk
+        if len(data) > MAX_BODY:
+            raise InvalidResponse(f"{operation}: response body larger than {MAX_BODY} bytes")
+    return bytes(data)
+
+
 def _refresh_body(form: BodyForm, refresh_id: str) -> bytes:
     return (json.dumps(refresh_id) if form == "json" else refresh_id).encode()
 
@@ -334,8 +342,21 @@ def _refresh_body(form: BodyForm, refresh_id: str) -> bytes:
 def _json(response: _Response, operation: str) -> Any:
     try:
         return json.loads(response.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise InvalidResponse(f"{operation}: the answer is not JSON") from None
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """Why a handshake failed, e.g. ``certificate verify failed: unable to get local issuer certificate``.
+
+    aiohttp wraps the ``ssl`` error (``certificate_error`` for a verification failure, ``os_error``
+    otherwise) and has no ``reason`` of its own.
+    """
+    cause = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
+    verify_message = getattr(cause, "verify_message", None)
+    if verify_message:
+        return f"certificate verify failed: {verify_message}"
+    return str(getattr(cause, "reason", None) or type(exc).__name__)
 
 
 def _one_line(text: str) -> str:
