@@ -38,7 +38,7 @@ class TokenFile:
         if st.st_mode & stat.S_IWOTH:
             raise ConfigError(f"{self.key}.path", f"directory {directory} is writable by other"
                               " users", "use a directory only tokend (and its group) can write,"
-                              " e.g. /run/tokend") from None
+                              " e.g. /run/tokend/tokens") from None
 
     def write(self, content: bytes) -> None:
         """Atomically replace the file with ``content``."""

@@ -28,6 +28,7 @@ from tokend.errors import (
     UpstreamDetail,
     UpstreamError,
 )
+from tokend.filesink import TokenFile
 from tokend.jwtinfo import JWT_PATTERN, fingerprint
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import TargetMetrics
@@ -123,8 +124,7 @@ class Keeper:
     """Keeps one target's token valid."""
 
     def __init__(self, target: TargetConfig, metrics: TargetMetrics,
-                 rand: Callable[[], float] = random.random,
-                 on_token: Callable[[Keeper, ServedToken | None], None] | None = None) -> None:
+                 rand: Callable[[], float] = random.random) -> None:
         self.target = target
         self.name = target.name
         self.metrics = metrics
@@ -134,7 +134,10 @@ class Keeper:
         self.last_error: dict[str, Any] | None = None
         self.last_refresh_wall: float | None = None
         self.first_attempt_done = asyncio.Event()
-        self._on_token = on_token
+        self.sink = TokenFile(target.file_sink, f"file_sink of target '{target.name}'") \
+            if target.file_sink is not None else None
+        if self.sink is not None:
+            self.sink.check()
         self._refresh_id: str | None = None
         self._served: ServedToken | None = None
         self._state: State = "starting"
@@ -161,6 +164,8 @@ class Keeper:
         if revoke and self._refresh_id is not None:
             await self._revoke()
         await self.client.close()
+        if self.sink is not None and not self.sink.sink.keep_on_exit:
+            self._sink_remove()
 
     def reconfigure(self, target: TargetConfig) -> None:
         """SIGHUP with the same url, TLS settings and secret: keep the token, take new settings."""
@@ -402,8 +407,8 @@ class Keeper:
                       expires_at=iso_utc(served.expires_wall), expires_in=served.expires_in(now),
                       next_refresh_in=round(next_in, 1) if next_in is not None else None,
                       duration=round(issued.duration, 3))
-        if self._on_token is not None:
-            self._on_token(self, served)
+        if self.sink is not None:
+            self._sink_write(served, now)
         self._token_changed.set()
         self._token_changed = asyncio.Event()
 
@@ -449,13 +454,31 @@ class Keeper:
         self._refresh_id = None
         self.log.info("token.revoked")
 
+    def _sink_write(self, served: ServedToken, now: float) -> None:
+        assert self.sink is not None
+        content = served.raw if self.sink.sink.format == "raw" else served.json(now)
+        try:
+            self.sink.write(content)
+        except OSError as exc:
+            self.log.error("file_sink.write_failed", path=str(self.sink.sink.path),
+                           error=exc.strerror or str(exc),
+                           remediation="check the directory's owner, mode and free space")
+
+    def _sink_remove(self) -> None:
+        assert self.sink is not None
+        try:
+            self.sink.remove()
+        except OSError as exc:
+            self.log.error("file_sink.remove_failed", path=str(self.sink.sink.path),
+                           error=exc.strerror or str(exc))
+
     def _set_state(self, now: float) -> None:
         state = self.policy.state(now, self._in_flight)
         if self._served is not None and not self._served.held.valid(now):
             self._served = None
             self.metrics.valid.set(0)
-            if self._on_token is not None:
-                self._on_token(self, None)
+            if self.sink is not None:
+                self._sink_remove()  # never leave an expired token behind
         if state == self._state:
             return
         old, self._state = self._state, state
