@@ -874,7 +874,15 @@ def test_the_state_is_degraded_while_refreshes_fail_and_the_token_is_still_valid
     p.on_failure(70.0, "refresh", transient())
 
     assert p.state(70.0, in_flight=False) == "degraded"
-    assert p.state(71.0, in_flight=True) == "refreshing"
+    # A retry in flight does not hide the failing refreshes (alerts would lose their pending time).
+    assert p.state(71.0, in_flight=True) == "degraded"
+
+
+def test_the_state_is_refreshing_while_a_healthy_refresh_is_in_flight() -> None:
+    p = logged_in(now=0.0, lifetime=100.0)
+
+    assert p.state(70.0, in_flight=True) == "refreshing"
+    assert p.state(70.0, in_flight=False) == "valid"
 
 
 def test_the_state_is_expired_once_the_token_runs_out() -> None:

@@ -330,7 +330,7 @@ class Keeper:
                 issued = await self.client.refresh(self._refresh_id)
             self._accept(operation, issued)
         except UpstreamError as error:
-            self._fail(operation, error)
+            self._fail(operation, error, duration=time.monotonic() - self._busy_since)
         except Exception as exc:  # a bug must not end the keeper; it is logged and retried
             self.log.error("keeper.unexpected_error", operation=operation, exc_info=exc)
             self._fail(operation, TransientError(f"{operation}: internal error ({type(exc).__name__})",
@@ -412,10 +412,11 @@ class Keeper:
         self._token_changed.set()
         self._token_changed = asyncio.Event()
 
-    def _fail(self, operation: str, error: UpstreamError, count: bool = True) -> None:
+    def _fail(self, operation: str, error: UpstreamError, count: bool = True,
+              duration: float | None = None) -> None:
         now = time.monotonic()
         if count:
-            self.metrics.upstream(operation, error.outcome, None)
+            self.metrics.upstream(operation, error.outcome, duration)
         if isinstance(error, RefreshTokenGone):
             self._refresh_id = None
         self.policy.on_failure(now, "login" if operation == "login" else "refresh", error)

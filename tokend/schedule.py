@@ -164,9 +164,9 @@ class RefreshPolicy:
         if self.locked_out and not self.has_refresh_token:
             return "credentials_rejected"
         if self.token is not None and self.token.valid(now):
-            if in_flight:
-                return "refreshing"
-            return "degraded" if self.failures else "valid"
+            if self.failures:
+                return "degraded"  # stays degraded while a retry is in flight
+            return "refreshing" if in_flight else "valid"
         return "expired" if self.attempted else "starting"
 
     def valid_token(self, now: float) -> HeldToken | None:
