@@ -26,7 +26,7 @@ from tokend.listen import SocketLock, activated_socket, bind_unix
 from tokend.logs import configure, get_logger
 from tokend.metrics import Metrics
 from tokend.secrets import read_secret
-from tokend.server import GatedUnixSite, PeerGate, metrics_app, socket_app
+from tokend.server import IDLE_TIMEOUT, GatedUnixSite, PeerGate, metrics_app, socket_app
 from tokend.systemd import Notifier
 
 SHUTDOWN_GRACE = 5.0
@@ -106,7 +106,7 @@ class Daemon:
         for target in self.config.targets:
             self._start_keeper(target)
         runner = web.AppRunner(socket_app(self), access_log=None, handle_signals=False,
-                               shutdown_timeout=SHUTDOWN_GRACE)
+                               shutdown_timeout=SHUTDOWN_GRACE, keepalive_timeout=IDLE_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
         await GatedUnixSite(runner, sock, PeerGate(self)).start()

@@ -33,6 +33,7 @@ def error_response(status: int, code: str, message: str, remediation: str = "",
 
 def raw_http_error(status: int, reason: str, body: bytes) -> bytes:
     """A whole HTTP/1.1 response, for answers written before aiohttp sees the connection."""
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+    retry = "Retry-After: 1\r\n" if status == 503 else ""
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{retry}"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode() + body

@@ -27,6 +27,12 @@ from tokend.peers import Peer, admits, denial_message, peer_of
 
 MAX_BODY = 4096
 DENIAL_LOG_INTERVAL = 60.0
+# The request line and headers must arrive within this, and an idle keep-alive connection is closed
+# after it (aiohttp's keep-alive timer runs from accept and between requests).
+IDLE_TIMEOUT = 10.0
+# Open connections of one uid, and in all: one uid cannot starve another, nor tokend of descriptors.
+MAX_CONNECTIONS_PER_UID = 64
+MAX_CONNECTIONS = 512
 log = get_logger()
 
 
@@ -188,6 +194,8 @@ class PeerGate:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self._last_logged: dict[int, float] = {}
+        self._last_limit_logged: dict[int, float] = {}
+        self._open: dict[int, list[asyncio.BaseTransport]] = {}
 
     def admit(self, peer: Peer) -> bool:
         """Whether ``peer`` may talk to the API (the allow-lists as currently loaded)."""
@@ -205,9 +213,35 @@ class PeerGate:
             log.warning("consumer.denied", uid=peer.uid, gid=peer.gid, pid=peer.pid,
                         groups=sorted(peer.groups), message=message, remediation=remediation)
 
+    def take_slot(self, peer: Peer, transport: asyncio.BaseTransport) -> tuple[str, str] | None:
+        """Count ``transport`` against its uid and the total, or say (message, remediation) why not."""
+        open_now = {uid: [t for t in ts if not t.is_closing()] for uid, ts in self._open.items()}
+        self._open = {uid: ts for uid, ts in open_now.items() if ts}
+        mine = self._open.get(peer.uid, [])
+        total = sum(len(ts) for ts in self._open.values())
+        if len(mine) >= MAX_CONNECTIONS_PER_UID:
+            why = (f"uid {peer.uid} already has {len(mine)} connections open to tokend, the most"
+                   " one uid may have")
+        elif total >= MAX_CONNECTIONS:
+            why = f"tokend already has {total} connections open, the most it accepts"
+        else:
+            self._open[peer.uid] = [*mine, transport]
+            return None
+        self.hub.metrics.served["unavailable"].inc()
+        now = time.monotonic()
+        if now - self._last_limit_logged.get(peer.uid, -math.inf) >= DENIAL_LOG_INTERVAL:
+            self._last_limit_logged[peer.uid] = now
+            if len(self._last_limit_logged) > 4096:
+                self._last_limit_logged = {peer.uid: now}
+            log.warning("consumer.connection_limit", uid=peer.uid, pid=peer.pid, message=why)
+        return why, "Reuse one connection, or close idle ones; retry after Retry-After"
+
 
 class _GateProtocol(asyncio.Protocol):
-    """The first protocol of every connection: admits it to aiohttp, or answers 403 and closes."""
+    """The first protocol of every connection: admits it to aiohttp, or answers and closes.
+
+    A peer outside the allow-lists gets 403; one over the connection limits gets 503.
+    """
 
     def __init__(self, server: web.Server, gate: PeerGate) -> None:
         self._server = server
@@ -230,6 +264,13 @@ class _GateProtocol(asyncio.Protocol):
                                            error_body("FORBIDDEN", message, remediation)))
             transport.close()
             return
+        refused = self._gate.take_slot(peer, transport)
+        if refused is not None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(raw_http_error(503, "Service Unavailable",
+                                           error_body("TOO_MANY_CONNECTIONS", *refused)))
+            transport.close()
+            return
         handler = self._server()
         transport.set_protocol(handler)
         handler.connection_made(transport)
@@ -241,9 +282,8 @@ class _GateProtocol(asyncio.Protocol):
 class GatedUnixSite(web.BaseSite):
     """Like aiohttp's SockSite for a bound Unix socket, with the peer check at accept."""
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, gate: PeerGate,
-                 shutdown_timeout: float = 5.0) -> None:
-        super().__init__(runner, shutdown_timeout=shutdown_timeout)
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, gate: PeerGate) -> None:
+        super().__init__(runner)
         self._sock = sock
         self._gate = gate
 

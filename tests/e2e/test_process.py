@@ -1,0 +1,398 @@
+"""The daemon as a process (SPEC §2, §3, §5.8) and the command line that talks to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import PASSWORD, USER, Tokend, Upstream, eventually, write_config
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without tokend's own variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKEND_SOCKET", "TOKEND_CONFIG")}
+    env.update(extra)
+    return env
+
+
+def tokend_cmd(*args: str, env: dict[str, str] | None = None,
+               timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tokend ARGS`` to completion (blocking: call it through a thread)."""
+    return subprocess.run([sys.executable, "-m", "tokend", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env or clean_env(), check=False)
+
+
+async def cli(*args: str, env: dict[str, str] | None = None,
+              timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """``tokend ARGS`` in a thread, so the fake upstream in this loop keeps answering."""
+    done = await asyncio.to_thread(tokend_cmd, *args, env=env, timeout=timeout)
+    assert PASSWORD not in done.stdout and PASSWORD not in done.stderr, "password printed"
+    return done
+
+
+def assert_one_line_error(stderr: str, *names: str) -> None:
+    """An expected failure: one line on stderr naming ``names``, no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip("\n").split("\n")
+    assert len(lines) == 1 and lines[0].strip(), stderr
+    assert lines[0].startswith("tokend: "), stderr
+    for name in names:
+        assert name in lines[0], (name, stderr)
+
+
+def no_leaked_tokens(text: str, upstream: Upstream) -> None:
+    fake = upstream.fake
+    for secret in (PASSWORD, *fake.issued_access_tokens, *fake.issued_refresh_ids):
+        assert secret not in text
+
+
+# -- 7 -----------------------------------------------------------------------------------------
+
+
+async def test_sigterm_removes_the_socket_and_exits_0(
+        make_upstream: Callable[..., Any], make_tokend: Callable[..., Any]) -> None:
+    upstream: Upstream = await make_upstream(access_ttl=60)
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem)
+    token = await tokend.token()
+    assert tokend.socket.exists()
+
+    # A request still in flight at SIGTERM gets its whole answer: this one waits (up to the 3 s
+    # request_timeout) for a newer token that cannot come, since the current one is brand new.
+    in_flight = asyncio.create_task(tokend.request(
+        "POST", "/v1/targets/t1/invalidate", {"fingerprint": token["fingerprint"]}))
+    await asyncio.sleep(0.5)
+    assert not in_flight.done()
+    tokend.signal(signal.SIGTERM)
+    answer = await in_flight
+    assert answer.status == 503, answer.body
+    assert answer.json()["errorCode"] == "TOKEN_UNAVAILABLE"
+    assert "Retry-After" in answer.headers
+
+    assert await tokend.wait_exit() == 0
+    assert not tokend.socket.exists()
+    assert tokend.events("daemon.stopping")
+    assert "Traceback" not in tokend.stderr() + tokend.stdout()
+    # Nothing listens any more.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with pytest.raises(OSError):
+        probe.connect(str(tokend.socket))
+    probe.close()
+
+
+async def test_sigint_also_stops_cleanly(upstream: Upstream, tokend: Tokend) -> None:
+    tokend.signal(signal.SIGINT)
+    assert await tokend.wait_exit() == 0
+    assert not tokend.socket.exists()
+
+
+# -- 8 -----------------------------------------------------------------------------------------
+
+
+async def test_second_daemon_on_a_live_socket_exits_2(upstream: Upstream, tokend: Tokend) -> None:
+    before = await tokend.token()
+    logins = upstream.fake.count("login")
+    started = time.monotonic()
+    second = await cli("run", "--config", str(tokend.config_path), timeout=20)
+    assert second.returncode == 2, (second.returncode, second.stderr)
+    assert time.monotonic() - started < 10
+    assert_one_line_error(second.stderr, str(tokend.socket))
+    no_leaked_tokens(second.stdout + second.stderr, upstream)
+    # It failed before touching the upstream, and the first daemon is unharmed.
+    assert upstream.fake.count("login") == logins
+    assert tokend.proc is not None and tokend.proc.poll() is None
+    assert tokend.socket.exists()
+    after = await tokend.token()
+    assert after["accessToken"] in upstream.fake.issued_access_tokens
+    assert after["fingerprint"] == before["fingerprint"] or upstream.fake.count("refresh") > 0
+    assert (await tokend.get("/readyz")).status == 200
+
+
+# -- 9 -----------------------------------------------------------------------------------------
+
+
+async def test_stale_socket_is_replaced(upstream: Upstream, make_tokend: Callable[..., Any],
+                                        workdir: Path) -> None:
+    path = workdir / "tokend.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.listen(1)
+    stale.close()  # the file stays, as after a crash; nothing listens on it
+    Path(str(path) + ".lock").touch()  # an unheld lock file, also as after a crash
+    assert path.is_socket()
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with pytest.raises(ConnectionRefusedError):
+        probe.connect(str(path))
+    probe.close()
+
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem)
+    token = await tokend.token()
+    assert token["accessToken"] in upstream.fake.issued_access_tokens
+    assert path.is_socket()
+    assert tokend.proc is not None and tokend.proc.poll() is None
+
+
+async def test_a_file_that_is_not_a_socket_is_never_replaced(
+        upstream: Upstream, make_tokend: Callable[..., Any], workdir: Path) -> None:
+    path = workdir / "tokend.sock"
+    path.write_text("someone's data\n")
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, wait=None)
+    assert await tokend.wait_exit() == 2
+    assert_one_line_error(tokend.stderr(), "server.socket", str(path))
+    assert path.read_text() == "someone's data\n"
+    assert upstream.fake.count("login") == 0
+
+
+# -- 10 ----------------------------------------------------------------------------------------
+
+
+async def test_bad_config_on_sighup_keeps_the_daemon_serving(
+        make_upstream: Callable[..., Any], make_tokend: Callable[..., Any], workdir: Path) -> None:
+    upstream: Upstream = await make_upstream(access_ttl=60)  # no refresh during the test
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem)
+    fake = upstream.fake
+    token = await tokend.token()
+
+    write_config(workdir, upstream.url, upstream.ca_pem, target="refresh_att = 0.5")
+    tokend.signal(signal.SIGHUP)
+    failed = await eventually(lambda: tokend.events("config.reload_failed"),
+                              what="config.reload_failed")
+    assert failed[0]["key"] == "targets[0].refresh_att"
+    assert "refresh_at" in failed[0]["error"]  # the suggestion
+    assert tokend.proc is not None and tokend.proc.poll() is None
+    assert (await tokend.token())["fingerprint"] == token["fingerprint"]
+
+    # Broken TOML is refused the same way.
+    tokend.config_path.write_text(tokend.config_path.read_text() + "\n[server\n")
+    tokend.signal(signal.SIGHUP)
+    await eventually(lambda: len(tokend.events("config.reload_failed")) == 2,
+                     what="a second config.reload_failed")
+    assert tokend.events("config.reload_failed")[1]["key"] == str(tokend.config_path)
+    assert tokend.proc.poll() is None
+    assert (await tokend.token())["fingerprint"] == token["fingerprint"]
+    assert not tokend.events("config.reloaded")
+
+    write_config(workdir, upstream.url, upstream.ca_pem, target="refresh_at = 0.5")
+    tokend.signal(signal.SIGHUP)
+    reloaded = await eventually(lambda: tokend.events("config.reloaded"), what="config.reloaded")
+    assert reloaded[0]["kept"] == ["t1"]
+    assert reloaded[0]["restarted"] == [] and reloaded[0]["removed"] == []
+    assert tokend.proc.poll() is None
+    after = await tokend.token()
+    assert after["fingerprint"] == token["fingerprint"]
+    status = await tokend.status()
+    assert status["state"] == "valid" and status["consecutiveFailures"] == 0
+    await asyncio.sleep(0.3)
+    assert fake.count("login") == 1
+    assert fake.count("refresh") == 0
+    assert "Traceback" not in tokend.stdout() + tokend.stderr()
+
+
+# -- 11 ----------------------------------------------------------------------------------------
+
+
+def config_text(workdir: Path, target_lines: str, server_lines: str = "") -> str:
+    return textwrap.dedent(f"""\
+        [server]
+        socket = "{workdir / 'tokend.sock'}"
+        {server_lines}
+
+        [metrics]
+        listen = ""
+
+        [[targets]]
+        name = "t1"
+        {target_lines}
+        """)
+
+
+def write_secret(workdir: Path) -> Path:
+    secret = workdir / "password"
+    secret.touch(mode=0o600)
+    secret.write_text(PASSWORD + "\n")
+    return secret
+
+
+GOOD_URL = 'url = "https://127.0.0.1:1"'
+USER_LINE = f'username = "{USER}"'
+
+BAD_CONFIGS = {
+    # case: (target lines, server lines, config file mode, key path named)
+    "missing url": (f'{USER_LINE}\npassword_file = "{{secret}}"', "", 0o600, "targets[0].url"),
+    "missing secret file": (f'{GOOD_URL}\n{USER_LINE}\npassword_file = "{{workdir}}/absent"', "",
+                            0o600, "targets[0].password_file"),
+    "unknown key": (f'{GOOD_URL}\n{USER_LINE}\npassword_file = "{{secret}}"\ncolour = "blue"', "",
+                    0o600, "targets[0].colour"),
+    "wrong type": (f'{GOOD_URL}\n{USER_LINE}\npassword_file = "{{secret}}"\n'
+                   "request_timeout = true", "", 0o600, "targets[0].request_timeout"),
+    "wrong type in server": (f'{GOOD_URL}\n{USER_LINE}\npassword_file = "{{secret}}"',
+                             'allowed_uids = "root"', 0o600, "server.allowed_uids"),
+    "non-loopback http url": (f'url = "http://sddc.example.com"\n{USER_LINE}\n'
+                              'password_file = "{secret}"', "", 0o600, "targets[0].url"),
+    "literal password in a readable config": (f'{GOOD_URL}\n{USER_LINE}\npassword = "{PASSWORD}"',
+                                              "", 0o644, "targets[0].password"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_configs_exit_2_naming_the_key(case: str, workdir: Path) -> None:
+    target_lines, server_lines, mode, key = BAD_CONFIGS[case]
+    secret = write_secret(workdir)
+    path = workdir / "config.toml"
+    path.write_text(config_text(workdir, target_lines.format(secret=secret, workdir=workdir),
+                                server_lines))
+    path.chmod(mode)
+    for command in ("run", "check-config"):
+        done = tokend_cmd(command, "--config", str(path), timeout=20)
+        assert done.returncode == 2, (command, done.returncode, done.stdout, done.stderr)
+        assert_one_line_error(done.stderr, key)
+        assert done.stderr.startswith(f"tokend: {key}: "), done.stderr
+        assert PASSWORD not in done.stdout + done.stderr
+        assert "Traceback" not in done.stdout
+    assert not (workdir / "tokend.sock").exists()
+
+
+def test_config_path_from_the_environment_and_a_missing_file(workdir: Path) -> None:
+    absent = workdir / "absent.toml"
+    done = tokend_cmd("check-config", env=clean_env(TOKEND_CONFIG=str(absent)))
+    assert done.returncode == 2
+    assert_one_line_error(done.stderr, str(absent))
+    done = tokend_cmd("run", env=clean_env(TOKEND_CONFIG=str(absent)))
+    assert done.returncode == 2
+    assert_one_line_error(done.stderr, str(absent))
+
+
+@pytest.mark.parametrize("source", ["password_file", "password"])
+def test_check_config_on_a_good_config_exits_0_without_printing_the_password(
+        source: str, workdir: Path) -> None:
+    secret = write_secret(workdir)
+    value = secret if source == "password_file" else PASSWORD
+    path = workdir / "config.toml"
+    path.write_text(config_text(workdir, f'{GOOD_URL}\n{USER_LINE}\n{source} = "{value}"'))
+    path.chmod(0o600)
+    done = tokend_cmd("check-config", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "t1" in done.stdout and "https://127.0.0.1:1" in done.stdout
+    assert PASSWORD not in done.stdout
+    assert not (workdir / "tokend.sock").exists()  # it only looked
+
+
+# -- 12 ----------------------------------------------------------------------------------------
+
+
+async def test_cli_token_header_and_json(make_upstream: Callable[..., Any],
+                                         make_tokend: Callable[..., Any], workdir: Path) -> None:
+    upstream: Upstream = await make_upstream(access_ttl=60)  # one token for the whole test
+    sock = str(workdir / "tokend.sock")
+
+    # A worker that starts before tokend waits for it, then gets the token.
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "tokend", "token", "--socket", sock, "--wait", "15s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    await asyncio.sleep(1.0)
+    assert waiting.poll() is None, waiting.communicate()
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem)
+    out, err = await asyncio.to_thread(waiting.communicate, timeout=20)
+    assert waiting.returncode == 0, err
+    assert err == ""
+    token = await tokend.token()
+    access = token["accessToken"]
+    assert out == access + "\n"
+
+    done = await cli("token", "--socket", sock)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == access + "\n" and done.stderr == ""
+
+    done = await cli("token", "--socket", sock, "--header")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"Authorization: Bearer {access}\n"
+
+    done = await cli("token", "--socket", sock, "--json")
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert set(printed) == set(token)
+    assert {k: v for k, v in printed.items() if k != "expiresIn"} == \
+        {k: v for k, v in token.items() if k != "expiresIn"}
+    assert 0 < printed["expiresIn"] <= token["expiresIn"]
+
+    done = await cli("token", "--target", "t1", "--min-ttl", "10s", env=clean_env(TOKEND_SOCKET=sock))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == access + "\n"
+
+    done = await cli("status", "--socket", sock)
+    assert done.returncode == 0, done.stderr
+    assert "t1" in done.stdout and "valid" in done.stdout
+    assert access not in done.stdout
+
+    done = await cli("status", "--socket", sock, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["targets"][0]["name"] == "t1"
+
+    for args in (("health",), ("health", "--ready"), ("health", "--ready", "--target", "t1")):
+        done = await cli(*args, "--socket", sock)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), (args, done)
+
+    done = await cli("health", "--ready", "--target", "nope", "--socket", sock)
+    assert done.returncode == 1
+    assert_one_line_error(done.stderr, "nope")
+
+    done = await cli("token", "--socket", sock, "--target", "nope")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert_one_line_error(done.stderr, "TARGET_NOT_FOUND", "nope")
+
+    for args in (("token",), ("status",), ("health",)):
+        done = await cli(*args, "--socket", "/nonexistent/tokend.sock")
+        assert done.returncode == 1, (args, done)
+        assert done.stdout == ""
+        assert_one_line_error(done.stderr, "/nonexistent/tokend.sock")
+
+    done = await cli("token", "--socket", sock, "--wait", "soon")
+    assert done.returncode == 2
+    assert_one_line_error(done.stderr, "--wait")
+
+    no_leaked_tokens(tokend.stdout() + tokend.stderr(), upstream)
+
+
+# -- 13 ----------------------------------------------------------------------------------------
+
+
+async def test_header_form_works_with_curl_against_the_fake_protected_endpoint(
+        make_upstream: Callable[..., Any], make_tokend: Callable[..., Any]) -> None:
+    upstream: Upstream = await make_upstream(access_ttl=60)
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem)
+    domains = f"{upstream.url}/v1/domains"
+    curl = f"curl -sS --cacert {shlex.quote(str(upstream.ca_pem))} -w '\\n%{{http_code}}'"
+    pipeline = (f"{shlex.quote(sys.executable)} -m tokend token --header"
+                f" --socket {shlex.quote(str(tokend.socket))} | {curl} -H @- {shlex.quote(domains)}")
+
+    def shell(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                              text=True, timeout=30, env=clean_env(), check=False)
+
+    done = await asyncio.to_thread(shell, pipeline)
+    assert done.returncode == 0, done.stderr
+    body, _, code = done.stdout.rpartition("\n")
+    assert code == "200", done.stdout
+    assert "elements" in json.loads(body)
+    assert upstream.fake.count("domains", 200) == 1
+
+    # Without the header the same request is refused: the token is what let it in.
+    done = await asyncio.to_thread(shell, f"{curl} {shlex.quote(domains)}")
+    assert done.stdout.rpartition("\n")[2] == "401"
+    no_leaked_tokens(done.stdout + done.stderr, upstream)
