@@ -77,7 +77,13 @@ def request(path: str, method: str = "GET", body: bytes | None = None,
     conn = _UnixConnection(socket_path(sock), timeout)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            # tokend answers a refused peer at accept and closes before reading the request:
+            # the answer is already waiting to be read.
+            if conn.sock is None:
+                raise
         resp = conn.getresponse()
         return Answer(resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()})
     except (OSError, http.client.HTTPException) as exc:

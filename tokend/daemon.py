@@ -21,6 +21,7 @@ from aiohttp import web
 from tokend import __version__
 from tokend.config import Config, TargetConfig, load_config
 from tokend.errors import ConfigError
+from tokend.filesink import TokenFile
 from tokend.keeper import Keeper
 from tokend.listen import SocketLock, activated_socket, bind_unix
 from tokend.logs import configure, get_logger
@@ -192,6 +193,8 @@ class Daemon:
             new = load_config(self.config.path)
             for target in new.targets:
                 read_secret(target.secret)
+                if target.file_sink is not None:
+                    TokenFile(target.file_sink, f"file_sink of target '{target.name}'").check()
         except ConfigError as exc:
             self.metrics.config_reload_ok.set(0)
             log.error("config.reload_failed", key=exc.key, error=str(exc),

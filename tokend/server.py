@@ -151,7 +151,12 @@ async def _target_token(request: web.Request) -> web.Response:
 
 async def _invalidate(request: web.Request) -> web.Response:
     keeper = _keeper(request, request.match_info["name"])
-    body = await request.read()
+    try:
+        # Headers are bounded by the keep-alive timer; a body trickled in byte by byte is not.
+        body = await asyncio.wait_for(request.read(), IDLE_TIMEOUT)
+    except TimeoutError:
+        raise ServeError(408, "BAD_REQUEST", f"the request body did not arrive within"
+                         f" {IDLE_TIMEOUT:g} s") from None
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
