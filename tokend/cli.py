@@ -78,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-ttl", type=_seconds, default=3600.0, help="default 3600")
     p.add_argument("--refresh-ttl", type=_seconds, default=86400.0, help="default 86400")
     p.add_argument("--user", action="append", default=[], metavar="U:P",
-                   help="a user (repeatable; default administrator@vsphere.local:VMware1!)")
+                   help="a user (repeatable; default administrator@vsphere.local:VMware1!)."
+                   " The password is then visible in the process list: use --users-file for"
+                   " anything but a throwaway password")
+    p.add_argument("--users-file", type=Path, metavar="PATH",
+                   help="users, one USER:PASSWORD per line")
     p.add_argument("--api-key", action="append", default=[], metavar="K", help="an API key")
     p.add_argument("--tls-dir", type=Path, help="serve HTTPS with ca.pem, cert.pem, key.pem"
                    " from this folder (created if absent)")
@@ -214,7 +218,13 @@ def cmd_fake_sddc(args: argparse.Namespace) -> int:
     from tokend.fake_sddc import serve_forever
 
     users: dict[str, str] = {}
-    for item in args.user:
+    items = list(args.user)
+    if args.users_file is not None:
+        try:
+            items += [line for line in args.users_file.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            return _fail(f"--users-file {args.users_file}: {exc.strerror}", EXIT_USAGE)
+    for item in items:
         name, sep, password = item.partition(":")
         if not sep or not name or not password:
             return _fail(f"--user {name or item!r}: expected USER:PASSWORD", EXIT_USAGE)
