@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -76,8 +78,16 @@ Try, in another terminal:
   curl --unix-socket {sock} http://tokend/v1/token
   curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^tokend_
 
+Simulate an upstream outage: kill -USR1 {os.getpid()} (again to end it), then watch
+'tokend status' go degraded and, once the token runs out, expired.
 Ctrl-C stops both and removes {workdir}.
 """
+
+
+def _toggle_outage(fake: FakeSddc) -> None:
+    fake.faults.down = not fake.faults.down
+    state = "DOWN: every token call answers 503" if fake.faults.down else "back up"
+    print(f"demo: the fake SDDC Manager is {state}", flush=True)
 
 
 async def run_demo(duration: float | None) -> int:
@@ -97,6 +107,7 @@ async def run_demo(duration: float | None) -> int:
         configure(config.log.level, config.log.format)
         print(_banner(workdir, url, ca, metrics_port), flush=True)
         daemon = Daemon(config)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _toggle_outage, fake)
         task = asyncio.create_task(daemon.run())
         if duration is not None:
             with contextlib.suppress(TimeoutError):

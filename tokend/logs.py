@@ -107,7 +107,8 @@ def configure(level: str = "info", fmt: Format = "auto", stream: Any = None) -> 
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        # Lines from libraries (aiohttp, asyncio) say where they come from.
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             exceptions,
@@ -124,6 +125,7 @@ def configure(level: str = "info", fmt: Format = "auto", stream: Any = None) -> 
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").disabled = True
+    logging.getLogger("asyncio").setLevel(max(root.level, logging.WARNING))  # not its debug chatter
 
 
 def get_logger(**bound: Any) -> Any:

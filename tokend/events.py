@@ -1,0 +1,71 @@
+"""The log event catalogue: every event tokend logs, its level and the fields it always carries.
+
+Every line also has ``timestamp``, ``level`` and ``event``; per-target lines have ``target``. The
+README's event table is this catalogue, and a test holds the logs of a full fault scenario to it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Event(NamedTuple):
+    """One catalogue entry."""
+
+    levels: tuple[str, ...]
+    fields: tuple[str, ...]
+    meaning: str
+
+
+UPSTREAM_ERROR_FIELDS = ("operation", "outcome", "errorCode", "message", "consecutive_failures",
+                         "token_valid_for", "next")
+
+CATALOGUE: dict[str, Event] = {
+    "daemon.started": Event(("info",), ("version", "socket", "metrics", "targets"),
+                            "listening; keepers started"),
+    "daemon.stopping": Event(("info",), (), "SIGTERM/SIGINT: shutting down"),
+    "daemon.stopped": Event(("info",), (), "socket removed; about to exit"),
+    "token.acquired": Event(("info",), ("target", "operation", "fingerprint", "expires_at",
+                                        "expires_in", "next_refresh_in", "duration"),
+                            "a login gave a new token"),
+    "token.refreshed": Event(("info",), ("target", "operation", "fingerprint", "expires_at",
+                                         "expires_in", "next_refresh_in", "duration"),
+                             "the refresh token gave a new access token"),
+    "token.refresh_failed": Event(("warning",), ("target", *UPSTREAM_ERROR_FIELDS),
+                                  "a login or refresh failed; `next` says what tokend does next"),
+    "token.refresh_requested": Event(("info",), ("target", "reason"),
+                                     "a consumer's invalidate or min_ttl brought a refresh forward"),
+    "token.revoked": Event(("info",), ("target",), "the refresh token was revoked at exit"),
+    "token.revoke_failed": Event(("warning",), ("target", "errorCode", "message"),
+                                 "revoking the refresh token failed"),
+    "login.rejected": Event(("error",), ("target", *UPSTREAM_ERROR_FIELDS, "rejections",
+                                         "max_login_failures"),
+                            "the upstream rejected the credentials (counted by the lockout guard)"),
+    "target.state_changed": Event(("debug", "info", "warning"), ("target", "old", "new"),
+                                  "state transition; warning into degraded, expired or"
+                                  " credentials_rejected, debug for a healthy refresh"),
+    "secret.changed": Event(("info",), ("target", "action"),
+                            "a changed secret lifted the lockout guard"),
+    "consumer.denied": Event(("warning",), ("uid", "gid", "pid", "groups", "message",
+                                            "remediation"),
+                             "a peer outside the allow-lists (at most once per uid per minute)"),
+    "consumer.connection_limit": Event(("warning",), ("uid", "pid", "message"),
+                                       "a peer over the connection limits (once per uid per"
+                                       " minute)"),
+    "config.reloaded": Event(("info",), ("kept", "restarted", "removed"),
+                             "SIGHUP applied; targets kept keep their tokens"),
+    "config.reload_failed": Event(("error",), ("key", "error", "action"),
+                                  "SIGHUP with a config that does not load: the old one is kept"),
+    "config.restart_needed": Event(("warning",), ("reason",),
+                                   "a setting changed that applies only at a restart"),
+    "config.ignored": Event(("warning",), ("key", "reason"),
+                            "a setting that does not apply (socket mode under socket activation)"),
+    "tls.verification_disabled": Event(("warning",), ("target", "remediation"),
+                                       "verify_tls = false, logged at every start"),
+    "file_sink.write_failed": Event(("error",), ("target", "path", "error", "remediation"),
+                                    "the token file could not be written"),
+    "file_sink.remove_failed": Event(("error",), ("target", "path", "error"),
+                                     "the token file could not be removed"),
+    "keeper.unexpected_error": Event(("error",), ("target", "operation"),
+                                     "a bug: logged with its traceback, retried with backoff"),
+}
