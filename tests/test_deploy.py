@@ -30,7 +30,7 @@ SIDECAR = REPO / "deploy" / "kubernetes" / "tokend-sidecar.yaml"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 
 # The exposure that `systemd-analyze security --offline=yes deploy/systemd/tokend.service` reported
-# (systemd 252); deploy/README-install.md quotes it. A change to the unit may lower it, never raise it.
+# (systemd 252); README.md quotes it. A change to the unit may lower it, never raise it.
 EXPOSURE_CLAIMED = 1.5
 
 INSTALLED_EXEC_START = "/opt/tokend/venv/bin/tokend"
