@@ -66,6 +66,11 @@ CATALOGUE: dict[str, Event] = {
                                     "the token file could not be written"),
     "file_sink.remove_failed": Event(("error",), ("target", "path", "error"),
                                      "the token file could not be removed"),
+    "request.malformed": Event(("debug",), ("status", "error"),
+                               "a consumer's request that HTTP parsing refused (answered 4xx)"),
+    "request.failed": Event(("error",), ("path",),
+                            "a bug while answering a request: logged with its traceback, answered"
+                            " 500"),
     "keeper.unexpected_error": Event(("error",), ("target", "operation"),
                                      "a bug: logged with its traceback, retried with backoff"),
 }

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from tokend.config import Config
@@ -159,7 +161,7 @@ async def _invalidate(request: web.Request) -> web.Response:
                          f" {IDLE_TIMEOUT:g} s") from None
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         data = None
     fp = data.get("fingerprint") if isinstance(data, dict) else None
     if not isinstance(fp, str) or not fp.startswith("sha256:"):
@@ -242,6 +244,34 @@ class PeerGate:
         return why, "Reuse one connection, or close idle ones; retry after Retry-After"
 
 
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, answering what its parser refuses in the Error shape too."""
+
+    def __init__(self, server: web.Server, hub: Hub) -> None:
+        kwargs: dict[str, Any] = server._kwargs
+        super().__init__(server, loop=asyncio.get_running_loop(), **kwargs)
+        self._hub = hub
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request aiohttp could not parse (4xx), or a bug in a handler (500)."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had begun; the connection is closed instead")
+        if status >= 500:
+            log.error("request.failed", path=request.path[:200], exc_info=exc)
+            code, text = "INTERNAL_ERROR", "tokend failed to answer this request"
+        else:
+            # A consumer's malformed request: its problem, not an operator's, so not at error level.
+            self._hub.metrics.served["bad_request"].inc()
+            log.debug("request.malformed", status=status, error=str(message or exc)[:200])
+            code, text = "BAD_REQUEST", f"malformed HTTP request ({message or exc})"[:300]
+        response = web.Response(status=status, body=error_body(code, text),
+                                content_type="application/json")
+        response.force_close()
+        return response
+
+
 class _GateProtocol(asyncio.Protocol):
     """The first protocol of every connection: admits it to aiohttp, or answers and closes.
 
@@ -276,7 +306,7 @@ class _GateProtocol(asyncio.Protocol):
                                            error_body("TOO_MANY_CONNECTIONS", *refused)))
             transport.close()
             return
-        handler = self._server()
+        handler = _Handler(self._server, self._gate.hub)
         transport.set_protocol(handler)
         handler.connection_made(transport)
 
