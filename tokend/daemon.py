@@ -193,7 +193,7 @@ class Daemon:
             new = load_config(self.config.path)
             for target in new.targets:
                 read_secret(target.secret)
-                if target.file_sink is not None:
+                if target.file_sink is not None:  # a sink that would fail must fail the reload
                     TokenFile(target.file_sink, f"file_sink of target '{target.name}'").check()
         except ConfigError as exc:
             self.metrics.config_reload_ok.set(0)

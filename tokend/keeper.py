@@ -134,10 +134,7 @@ class Keeper:
         self.last_error: dict[str, Any] | None = None
         self.last_refresh_wall: float | None = None
         self.first_attempt_done = asyncio.Event()
-        self.sink = TokenFile(target.file_sink, f"file_sink of target '{target.name}'") \
-            if target.file_sink is not None else None
-        if self.sink is not None:
-            self.sink.check()
+        self.sink = _token_file(target)
         self._refresh_id: str | None = None
         self._served: ServedToken | None = None
         self._state: State = "starting"
@@ -169,14 +166,16 @@ class Keeper:
 
     def reconfigure(self, target: TargetConfig) -> None:
         """SIGHUP with the same url, TLS settings and secret: keep the token, take new settings."""
+        if target.file_sink != self.target.file_sink:
+            if self.sink is not None:
+                self._sink_remove()
+            self.sink = _token_file(target)
+            served = self.current(time.monotonic())
+            if self.sink is not None and served is not None:
+                self._sink_write(served, time.monotonic())
         self.target = target
         self.policy.config = policy_config(target)
         self.policy.reset_lockout()
-        self._next_secret_check = 0.0
-        self._wake.set()
-
-    def secret_changed_hint(self) -> None:
-        """Check the secret at once (SIGHUP)."""
         self._next_secret_check = 0.0
         self._wake.set()
 
@@ -491,6 +490,15 @@ class Keeper:
         else:
             level = "info"
         getattr(self.log, level)("target.state_changed", old=old, new=state)
+
+
+def _token_file(target: TargetConfig) -> TokenFile | None:
+    """The target's checked file sink, if it has one."""
+    if target.file_sink is None:
+        return None
+    sink = TokenFile(target.file_sink, f"file_sink of target '{target.name}'")
+    sink.check()
+    return sink
 
 
 def policy_config(target: TargetConfig) -> PolicyConfig:
