@@ -21,10 +21,10 @@ def error_body(code: str, message: str, remediation: str = "",
 
 
 def error_response(status: int, code: str, message: str, remediation: str = "",
-                   reference_token: str | None = None,
-                   retry_after: float | None = None) -> web.Response:
+                   reference_token: str | None = None, retry_after: float | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
     """An aiohttp response for an error; every 503 carries ``Retry-After``."""
-    headers = {}
+    headers = dict(headers or {})
     if status == 503:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after or 5)))
     return web.Response(status=status, body=error_body(code, message, remediation, reference_token),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from tokend import __version__
 from tokend.schedule import STATES, State
@@ -19,6 +22,22 @@ TOKEN_REQUEST_OUTCOMES = ("served", "unavailable", "below_min_ttl", "forbidden",
 
 # The *_created series double the series count and nothing in tokend's dashboards or alerts uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class RequestCounts(Collector):
+    """``tokend_token_requests_total`` kept as plain integers: serving a token adds one to a dict
+    entry (no lock, no label lookup); the counter family is built at scrape time."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(TOKEN_REQUEST_OUTCOMES, 0)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """The counter family, one series per outcome."""
+        family = CounterMetricFamily("tokend_token_requests", "Token requests on the socket",
+                                     labels=["outcome"])
+        for outcome, count in self.counts.items():
+            family.add_metric([outcome], count)
+        yield family
 
 
 class Metrics:
@@ -52,16 +71,14 @@ class Metrics:
         self.clock_skew = Gauge(
             "tokend_clock_skew_seconds", "Upstream clock minus local clock, from the Date header",
             ["target"], registry=r)
-        self.token_requests = Counter(
-            "tokend_token_requests_total", "Token requests on the socket", ["outcome"], registry=r)
+        self.requests = RequestCounts()
+        r.register(self.requests)
         self.config_reload_ok = Gauge(
             "tokend_config_last_reload_successful",
             "0 after a SIGHUP whose config failed to load", registry=r)
         self.build_info = Gauge("tokend_build_info", "tokend version", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         self.config_reload_ok.set(1)
-        # Resolve the socket-side children once, so serving a token does no label lookups.
-        self.served = {o: self.token_requests.labels(outcome=o) for o in TOKEN_REQUEST_OUTCOMES}
 
     def target(self, name: str) -> TargetMetrics:
         """The pre-resolved children for one target."""
