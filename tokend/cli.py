@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -11,10 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tokend import __version__
+from tokend import DEFAULT_CONFIG_PATH, __version__
 from tokend.client import TokenRefused, Unreachable, get_token, request, socket_path
-from tokend.config import DEFAULT_CONFIG_PATH, check_secrets, describe, load_config, parse_duration
 from tokend.errors import ConfigError
+
+# Only what every command needs is imported here: `tokend token` runs once per script step, so
+# its start-up time matters; the daemon's modules are imported by the commands that use them.
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _seconds(text: str) -> float:
+    from tokend.config import parse_duration
+
     try:
         return parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text, "value")
     except ConfigError:
@@ -116,6 +119,9 @@ def _config_path(args: argparse.Namespace) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``tokend run``: the daemon in the foreground."""
+    import asyncio
+
+    from tokend.config import check_secrets, load_config
     from tokend.daemon import Daemon
     from tokend.harden import harden_process
     from tokend.logs import configure
@@ -135,6 +141,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``tokend demo``: the daemon against the embedded fake, in a temp dir."""
+    import asyncio
+
     from tokend.demo import run_demo
     from tokend.harden import harden_process
 
@@ -201,6 +209,8 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """``tokend check-config``: validate, read every secret, print what tokend would do."""
+    from tokend.config import check_secrets, describe, load_config
+
     path = _config_path(args)
     try:
         config = load_config(path)
@@ -215,6 +225,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_fake_sddc(args: argparse.Namespace) -> int:
     """``tokend fake-sddc``: the fake SDDC Manager alone."""
+    import asyncio
+
     from tokend.fake_sddc import serve_forever
 
     users: dict[str, str] = {}

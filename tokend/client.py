@@ -5,7 +5,6 @@ Standard library only, so a consumer (or ``tokend token``) starts fast and needs
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -14,28 +13,12 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_SOCKET = "/run/tokend/tokend.sock"
+from tokend import DEFAULT_SOCKET
 
 
 def socket_path(explicit: str | None = None) -> str:
     """``--socket``, else ``$TOKEND_SOCKET``, else the default path."""
     return explicit or os.environ.get("TOKEND_SOCKET") or DEFAULT_SOCKET
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("tokend", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 @dataclass(frozen=True)
@@ -71,25 +54,51 @@ class Unreachable(Exception):
     """The socket is absent, refuses connections, or did not answer in time."""
 
 
+MAX_ANSWER = 1 << 20
+
+
 def request(path: str, method: str = "GET", body: bytes | None = None,
             sock: str | None = None, timeout: float = 5.0) -> Answer:
-    """One request to tokend; raises Unreachable when it cannot be made."""
-    conn = _UnixConnection(socket_path(sock), timeout)
+    """One request to tokend; raises Unreachable when it cannot be made.
+
+    A few lines of HTTP/1.1 over the socket rather than http.client, which imports ssl and the
+    email package: this keeps ``tokend token`` quick to start.
+    """
+    path_ = socket_path(sock)
+    head = f"{method} {path} HTTP/1.1\r\nHost: tokend\r\nConnection: close\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    data = bytearray()
     try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        try:
-            conn.request(method, path, body=body, headers=headers)
-        except (BrokenPipeError, ConnectionResetError):
-            # tokend answers a refused peer at accept and closes before reading the request:
-            # the answer is already waiting to be read.
-            if conn.sock is None:
-                raise
-        resp = conn.getresponse()
-        return Answer(resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()})
-    except (OSError, http.client.HTTPException) as exc:
-        raise Unreachable(f"cannot reach tokend at {socket_path(sock)}: {_describe(exc)}") from None
-    finally:
-        conn.close()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(path_)
+            try:
+                conn.sendall(head.encode("latin-1") + b"\r\n" + (body or b""))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a refused peer is answered at accept, before its request is read
+            while chunk := conn.recv(65536):
+                data += chunk
+                if len(data) > MAX_ANSWER:
+                    raise Unreachable(f"tokend at {path_} sent an answer larger than 1 MiB")
+    except ConnectionResetError:
+        pass  # the answer, if any, arrived before the reset
+    except OSError as exc:
+        raise Unreachable(f"cannot reach tokend at {path_}: {_describe(exc)}") from None
+    return _parse_answer(bytes(data), path_)
+
+
+def _parse_answer(data: bytes, path: str) -> Answer:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise Unreachable(f"tokend at {path} sent no HTTP answer")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Answer(int(parts[1]), body, headers)
 
 
 def _describe(exc: BaseException) -> str:

@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
+from tokend import DEFAULT_SOCKET
 from tokend.errors import ConfigError
 from tokend.secrets import Secret, SecretSource, check_secret_value, read_secret
-
-DEFAULT_CONFIG_PATH = "/etc/tokend/config.toml"
-DEFAULT_SOCKET = "/run/tokend/tokend.sock"
 
 
 @dataclass(frozen=True)
