@@ -37,7 +37,7 @@ async def test_reader_never_sees_a_partial_empty_or_expired_token(
     upstream = await make_upstream(access_ttl=3)
     fake = upstream.fake
     path = sink_dir(workdir) / "t1.token"
-    await make_tokend(upstream.url, upstream.ca_pem, target=sink_line(path))
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, target=sink_line(path))
     bad: list[str] = []
     reads = 0
     stop = threading.Event()
@@ -69,8 +69,9 @@ async def test_reader_never_sees_a_partial_empty_or_expired_token(
     st = os.stat(path)
     assert stat.S_IMODE(st.st_mode) == 0o640
     assert st.st_gid == 5555
-    leftovers = [p.name for p in path.parent.iterdir() if p.name != path.name]
-    assert not leftovers, leftovers  # no temp files left behind
+    assert await tokend.stop() == 0
+    leftovers = [p.name for p in path.parent.iterdir()]
+    assert not leftovers, leftovers  # the token removed at exit, and no temp file left behind
 
 
 async def test_sink_is_removed_when_the_token_expires_without_a_successor(
