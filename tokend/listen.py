@@ -26,6 +26,7 @@ class SocketLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise ConfigError naming the live tokend's socket."""
+        check_directory(self.path)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
@@ -48,17 +49,22 @@ class SocketLock:
             self._fd = None
 
 
+def check_directory(path: Path) -> None:
+    """The socket's directory must exist and be writable: say so clearly before anything else."""
+    if not path.parent.is_dir():
+        raise ConfigError("server.socket", f"directory {path.parent} does not exist",
+                          "create the directory; under systemd, tokend.socket creates /run/tokend")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError("server.socket", f"directory {path.parent} is not writable by uid"
+                          f" {os.geteuid()}", "fix its owner or mode, or choose another path")
+
+
 def bind_unix(path: Path, mode: int, group: str | None) -> socket.socket:
     """Bind and listen on ``path`` with ``mode`` applied at creation; replace a stale file.
 
     The caller holds the :class:`SocketLock`, so any existing file at ``path`` is stale.
     """
-    if not path.parent.is_dir():
-        raise ConfigError("server.socket", f"directory {path.parent} does not exist",
-                          "create it (systemd: RuntimeDirectory=tokend)")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ConfigError("server.socket", f"directory {path.parent} is not writable by uid"
-                          f" {os.geteuid()}", "fix its owner or mode, or choose another path")
+    check_directory(path)
     gid = _group_id(group) if group is not None else None
     with contextlib.suppress(FileNotFoundError):
         st = os.lstat(path)

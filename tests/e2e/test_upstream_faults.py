@@ -68,7 +68,8 @@ async def check_served(tokend: Tokend, fake: FakeSddc) -> dict[str, Any]:
     answer = await tokend.get("/v1/token")
     assert answer.status == 200, f"consumer got {answer.status}: {answer.body[:300]!r}"
     token: dict[str, Any] = answer.json()
-    assert token["expiresIn"] > 0, f"served a token with expiresIn {token['expiresIn']}"
+    # Whole seconds, rounded down: 0 in the last second a token is served, never negative.
+    assert token["expiresIn"] >= 0, f"served a token with expiresIn {token['expiresIn']}"
     assert token["accessToken"] in fake.issued_access_tokens, "served a token the fake never issued"
     return token
 
