@@ -33,7 +33,9 @@ from tokend.fake_sddc import (
     start_fake,
 )
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "sddc-manager-tokens.openapi.json"
+# A verbatim copy of the vendor's public OpenAPI extract (SDDC Manager 9.0.2: the token paths,
+# GET /v1/domains and their schemas), kept with the tests so they run from any checkout.
+SPEC_PATH = Path(__file__).resolve().parent / "data" / "sddc-manager-tokens.openapi.json"
 # The spec's only `servers` entry; requests are validated as if sent there.
 SPEC_SERVER = "http://localhost:80"
 USER, PASSWORD = "administrator@vsphere.local", "VMware1!"
