@@ -60,7 +60,8 @@ async def test_echoed_secrets_never_reach_logs_status_errors_or_metrics(
     # The token expires while logins are rejected: the 503 error body too.
     async def expired() -> bool:
         answer = await tokend.get("/v1/token")
-        seen.append(answer.body.decode())
+        if answer.status != 200:  # a 200 carries the token on purpose
+            seen.append(answer.body.decode())
         return answer.status == 503
     await eventually(expired, 15, what="the token to expire")
     await collect()
