@@ -240,8 +240,3 @@ def _same_connection(keeper: Keeper, target: TargetConfig) -> bool:
         return read_secret(new).digest == keeper.policy.secret_digest
     except ConfigError:
         return False
-
-
-async def run_daemon(config: Config) -> int:
-    """Run the daemon for ``config`` until it is told to stop."""
-    return await Daemon(config).run()

@@ -68,7 +68,6 @@ class ServedToken:
     json_head: bytes  # everything before the expiresIn value
     json_tail: bytes  # everything after it
     expires_wall: float
-    header_line: bytes
 
     @classmethod
     def render(cls, target: str, held: HeldToken) -> ServedToken:
@@ -80,7 +79,7 @@ class ServedToken:
         head_bytes = json.dumps(head, separators=(", ", ": "))[:-1] + ', "expiresIn": '
         tail_bytes = ", " + json.dumps(tail, separators=(", ", ": "))[1:]
         return cls(held, held.access_token.encode(), head_bytes.encode(), tail_bytes.encode(),
-                   expires_wall, f"Authorization: Bearer {held.access_token}".encode())
+                   expires_wall)
 
     @property
     def fingerprint(self) -> str:

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import structlog
@@ -131,10 +131,3 @@ def configure(level: str = "info", fmt: Format = "auto", stream: Any = None) -> 
 def get_logger(**bound: Any) -> Any:
     """A structlog logger with ``bound`` fields on every line."""
     return structlog.get_logger("tokend", **bound)
-
-
-def error_fields(detail: MutableMapping[str, Any] | None) -> dict[str, Any]:
-    """Log fields for an upstream error dict (as in the status JSON), without empty ones."""
-    if not detail:
-        return {}
-    return {k: v for k, v in detail.items() if v not in (None, "")}
