@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokend.errors import ConfigError
@@ -133,6 +134,25 @@ def test_non_utf8_secret_file_is_refused(tmp_path: Path) -> None:
     assert "not UTF-8" in str(err)
 
 
+def test_secret_file_that_is_not_utf8_names_the_key(tmp_path: Path) -> None:
+    err = read_error(file_source(secret_file(tmp_path, b"p\xe4ssw\xf6rt\n")))
+    assert str(err).startswith(f"{KEY}: secret file {tmp_path / 'secret'} is not UTF-8 text (")
+    assert "UTF-8 text" in err.fix
+
+
+@pytest.mark.parametrize("content", [b"pw\x00rd\n", b"\x00", b"pw\n\x00"])
+def test_secret_file_with_a_nul_is_refused(tmp_path: Path, content: bytes) -> None:
+    err = read_error(file_source(secret_file(tmp_path, content)))
+    assert str(err).startswith(f"{KEY}: ")
+    assert "NUL" in str(err) or "line break" in str(err)
+
+
+@pytest.mark.parametrize("content", [b"\xed\xa0\x80", b"pw\xed\xb2\x80\n"])  # encoded surrogates
+def test_secret_file_with_an_encoded_surrogate_is_refused(tmp_path: Path, content: bytes) -> None:
+    err = read_error(file_source(secret_file(tmp_path, content)))
+    assert "not UTF-8" in str(err)
+
+
 def test_secret_file_is_read_again_each_time(tmp_path: Path) -> None:
     path = secret_file(tmp_path, "old\n")
     src = file_source(path)
@@ -185,6 +205,40 @@ def test_env_secret_with_a_line_break_is_refused(monkeypatch: pytest.MonkeyPatch
     assert "VMware1!" not in str(err)
 
 
+def test_env_secret_that_is_not_utf8_under_the_c_locale_names_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Under LC_ALL=C Python decodes the environment with surrogateescape: os.environ would hold
+    # "\udce4", a str that cannot be sent. The bytes are what the OS handed over.
+    monkeypatch.setitem(os.environb, b"TOKEND_TEST_PW", b"\xe4")
+    assert os.environ["TOKEND_TEST_PW"] == "\udce4"
+    err = read_error(SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env"))
+    assert str(err).startswith(
+        "targets[0].password_env: environment variable $TOKEND_TEST_PW is not valid UTF-8 (")
+    assert "\udce4" not in str(err) and "\xe4" not in str(err)
+    # Removed all the same, from both views of the environment.
+    assert "TOKEND_TEST_PW" not in os.environ
+    assert b"TOKEND_TEST_PW" not in os.environb
+
+
+def test_env_secret_replaced_by_bytes_that_are_not_utf8_forgets_the_old_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env")
+    monkeypatch.setenv("TOKEND_TEST_PW", "old")
+    assert read_secret(src).reveal() == "old"
+    monkeypatch.setitem(os.environb, b"TOKEND_TEST_PW", b"new\xff")
+    assert "not valid UTF-8" in str(read_error(src))
+    assert "is not set" in str(read_error(src))  # never the old value in its place
+
+
+def test_env_secret_in_utf8_is_read_whatever_the_locale(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(os.environb, b"TOKEND_TEST_PW", "pässwört".encode())
+    src = SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env")
+    assert read_secret(src).reveal() == "pässwört"
+    assert b"TOKEND_TEST_PW" not in os.environb
+
+
 # --- systemd credentials ------------------------------------------------------------------------
 
 
@@ -196,6 +250,17 @@ def test_credential_is_read_from_credentials_directory(
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     src = SecretSource("credential", "sfo.pw", "targets[0].password_credential")
     assert read_secret(src).reveal() == "VMware1!"
+
+
+def test_credential_that_is_not_utf8_names_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sfo.pw").write_bytes(b"\xe4\n")
+    (tmp_path / "sfo.pw").chmod(0o400)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    err = read_error(SecretSource("credential", "sfo.pw", "targets[0].password_credential"))
+    assert str(err).startswith("targets[0].password_credential: secret file ")
+    assert "not UTF-8" in str(err)
 
 
 def test_credential_without_credentials_directory_explains_load_credential(
@@ -232,6 +297,54 @@ def test_literal_secret_is_returned() -> None:
     src = SecretSource("literal", "/etc/tokend/config.toml", "targets[0].password",
                        literal=Secret("VMware1!"))
     assert read_secret(src).reveal() == "VMware1!"
+
+
+@pytest.mark.parametrize(("value", "problem"), [("pw\0rd", "NUL"), ("pw\ud800", "not valid UTF-8"),
+                                                ("\udce4", "not valid UTF-8")])
+def test_literal_secret_that_cannot_be_sent_is_refused(value: str, problem: str) -> None:
+    src = SecretSource("literal", "/etc/tokend/config.toml", "targets[0].password",
+                       literal=Secret(value))
+    err = read_error(src)
+    assert str(err).startswith("targets[0].password: ") and problem in str(err)
+
+
+# --- any bytes ----------------------------------------------------------------------------------
+
+
+def check_read(src: SecretSource, raw: bytes) -> None:
+    """Either a secret that can be sent, or a ConfigError naming the key; nothing else."""
+    try:
+        value = read_secret(src).reveal()
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{src.key}: "), exc
+        return
+    encoded = value.encode("utf-8")  # never a surrogate
+    assert encoded and b"\0" not in encoded and b"\n" not in encoded and b"\r" not in encoded
+    assert raw.startswith(encoded)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=40) | st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")),
+       kind=st.sampled_from(["file", "env", "credential"]))
+def test_any_bytes_from_a_source_only_raise_config_errors(
+    raw: bytes, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clear_env_cache()
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "secret"
+        path.write_bytes(raw)
+        path.chmod(0o600)
+        if kind == "file":
+            src = SecretSource("file", str(path), "targets[0].password_file")
+        elif kind == "credential":
+            monkeypatch.setenv("CREDENTIALS_DIRECTORY", directory)
+            src = SecretSource("credential", "secret", "targets[0].password_credential")
+        else:
+            raw = raw.replace(b"\0", b"")  # the OS cannot hold a NUL in an environment value
+            monkeypatch.setitem(os.environb, b"TOKEND_TEST_PW", raw)
+            src = SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env")
+        check_read(src, raw)
+        assert b"TOKEND_TEST_PW" not in os.environb
 
 
 # --- change stamps ------------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""Secret sources (file, env, systemd credential, literal) and a Secret type whose repr is redacted."""
+"""Secret sources (file, env, systemd credential, literal) and a Secret type whose repr is redacted.
+
+A secret is the bytes the OS hands over (SPEC §8.3): file contents and environment variables are
+read as bytes and decoded as strict UTF-8 whatever the locale, so a value that is not UTF-8 is a
+:class:`ConfigError` naming the key, never a ``str`` with surrogates that fails later.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ class Secret:
     @property
     def digest(self) -> str:
         """A stable identity for the value (sha256), so rejections can be counted per secret."""
-        return hashlib.sha256(self._value.encode()).hexdigest()
+        # surrogatepass: total for any str; read_secret never returns one that needs it.
+        return hashlib.sha256(self._value.encode("utf-8", "surrogatepass")).hexdigest()
 
     def __repr__(self) -> str:
         return "Secret('**redacted**')"
@@ -71,7 +77,11 @@ class SecretSource:
 
 
 def read_secret(src: SecretSource) -> Secret:
-    """Read the secret ``src`` names, now. Every problem is a ConfigError naming ``src.key``."""
+    """Read the secret ``src`` names, now (SPEC §3, §8.3).
+
+    Whatever bytes the source holds, the only exception raised is a ConfigError naming ``src.key``:
+    missing, unreadable, empty, not UTF-8, or holding a line break or a NUL.
+    """
     if src.kind == "file":
         value = _read_file(Path(src.ref), src.key)
     elif src.kind == "env":
@@ -109,19 +119,27 @@ def secret_stamp(src: SecretSource) -> tuple[object, ...] | None:
 
 
 def check_secret_value(value: str, key: str) -> None:
-    """Refuse an empty secret or one with a line break: either would be sent as is and rejected.
+    """Refuse a secret that is empty, not UTF-8, or holds a line break or a NUL (ConfigError).
 
-    Each rejected login counts towards the identity store's account lockout, so a value that cannot
-    be right is refused here instead of being tried.
+    Any of these would be sent as is and rejected, and each rejected login counts towards the
+    identity store's account lockout, so a value that cannot be right is refused here instead.
     """
     if value == "":
         raise ConfigError(key, "the secret is empty", "put the password or API key in it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: undecodable bytes under surrogateescape
+        raise ConfigError(key, "the secret is not valid UTF-8",
+                          "store the password or API key as UTF-8 text") from None
     if "\n" in value or "\r" in value:
         raise ConfigError(
             key,
             "the secret contains a line break (only one trailing newline is stripped)",
             "store the secret alone on a single line",
         )
+    if "\0" in value:
+        raise ConfigError(key, "the secret contains a NUL character",
+                          "store only the password or API key")
 
 
 def clear_env_cache() -> None:
@@ -130,11 +148,25 @@ def clear_env_cache() -> None:
 
 
 def _read_env(name: str, key: str) -> str:
-    if name in os.environ:
-        # Removing it keeps the secret out of child processes and /proc/<pid>/environ.
-        value = os.environ.pop(name)
-        if value == "":
+    # Read as bytes: os.environ decodes with surrogateescape (under the C locale too), which would
+    # turn a byte that is not UTF-8 into a str that cannot be sent.
+    raw = os.environb.get(os.fsencode(name))
+    if raw is not None:
+        # Removing it keeps the secret out of child processes and /proc/<pid>/environ. Both views
+        # share one store today; popping from each keeps that true if they ever stop sharing it.
+        os.environb.pop(os.fsencode(name), None)
+        os.environ.pop(name, None)
+        _ENV_CACHE.pop(name, None)  # a new value, even a bad one, replaces the remembered one
+        if raw == b"":
             raise ConfigError(key, f"environment variable ${name} is empty", f"set {name}")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                key, f"environment variable ${name} is not valid UTF-8",
+                f"set {name} to the secret encoded as UTF-8, which tokend expects whatever LANG"
+                " or LC_ALL say, or use a *_file source",
+            ) from None
         _ENV_CACHE[name] = value
         return value
     if name in _ENV_CACHE:
@@ -193,7 +225,8 @@ def _read_file(path: Path, key: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(
-            key, f"secret file {path} is not UTF-8 text", "store the secret as UTF-8"
+            key, f"secret file {path} is not UTF-8 text",
+            "store the password or API key as UTF-8 text",
         ) from None
     if text.endswith("\r\n"):
         text = text[:-2]

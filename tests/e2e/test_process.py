@@ -266,6 +266,24 @@ def test_bad_configs_exit_2_naming_the_key(case: str, workdir: Path) -> None:
     assert not (workdir / "tokend.sock").exists()
 
 
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_env_secret_that_is_not_utf8_under_the_c_locale_exits_2_naming_the_key(
+        command: str, workdir: Path) -> None:
+    """SPEC §8.3: the byte 0xE4 (ä in Latin-1) in $TOKEND_E2E_PW under LC_ALL=C."""
+    path = workdir / "config.toml"
+    path.write_text(config_text(workdir, f'{GOOD_URL}\n{USER_LINE}\npassword_env = "TOKEND_E2E_PW"'))
+    path.chmod(0o600)
+    env = {os.fsencode(k): os.fsencode(v) for k, v in clean_env().items()}
+    env.update({b"LC_ALL": b"C", b"TOKEND_E2E_PW": b"\xe4"})
+    done = subprocess.run([sys.executable, "-m", "tokend", command, "--config", str(path)],
+                          capture_output=True, text=True, timeout=20, env=env, check=False)
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert_one_line_error(done.stderr, "$TOKEND_E2E_PW", "not valid UTF-8")
+    assert done.stderr.startswith("tokend: targets[0].password_env: "), done.stderr
+    assert "Traceback" not in done.stdout
+    assert not (workdir / "tokend.sock").exists()
+
+
 def test_config_path_from_the_environment_and_a_missing_file(workdir: Path) -> None:
     absent = workdir / "absent.toml"
     done = tokend_cmd("check-config", env=clean_env(TOKEND_CONFIG=str(absent)))
