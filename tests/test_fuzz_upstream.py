@@ -510,6 +510,98 @@ def test_refresh_answers(first: Reply, second: Reply, refresh_id: str, form: str
         check_failure(outcome, reply, TransientError)
 
 
+# -- SPEC §8.2: the TokenPair shapes and the access token's form ----------------------------------
+
+surrounding_space = st.text(st.sampled_from(" \t\r\n"), max_size=3)
+interior_space = st.sampled_from([" ", "\t", "\r", "\n", "\r\n"])
+bad_refresh_tokens = (st.sampled_from([0, 1.5, True, False, [], {}, "", {"id": None}, {"id": ""},
+                                       {"id": 5}, {"id": ["x"]}, {"ID": "rid-1"}])
+                      | st.lists(st.text(max_size=5), min_size=1, max_size=2)
+                      | st.builds(lambda v: {"id": v}, st.integers() | st.booleans() | st.floats()))
+
+
+@dataclass(frozen=True)
+class Shaped:
+    """A 2xx answer built to a §8.2 shape, and what the client must make of it."""
+
+    body: Body
+    token: Token
+    access_ok: bool  # the access token is, once trimmed, a compact JWS within 16 KiB
+    refresh_ok: bool  # the refreshToken has an allowed shape
+    refresh_id: str | None  # the id it carries, if refresh_ok
+
+
+@st.composite
+def shaped_pairs(draw: st.DrawFn) -> Shaped:
+    token = draw(vendor_tokens() | jwt_tokens())
+    text, access_ok = token.text, True
+    fault = draw(st.sampled_from(["none", "none", "interior", "oversize"]))
+    if fault == "interior":
+        cut = draw(st.integers(1, len(text) - 1))
+        text, access_ok = text[:cut] + draw(interior_space) + text[cut:], False
+    elif fault == "oversize":
+        text, access_ok = text + "A" * 16384, False
+    pair: dict[str, Any] = {"accessToken": draw(surrounding_space) + text + draw(surrounding_space)}
+    rid = draw(refresh_ids)
+    shape = draw(st.sampled_from(["object", "bare", "absent", "null", "wrong"]))
+    refresh_id: str | None = rid if shape in ("object", "bare") else None
+    if shape == "object":
+        pair["refreshToken"] = {"id": rid, **draw(st.dictionaries(st.sampled_from(["expiry", "x"]),
+                                                                   json_values, max_size=1))}
+    elif shape == "bare":
+        pair["refreshToken"] = rid
+    elif shape == "null":
+        pair["refreshToken"] = None
+    elif shape == "wrong":
+        pair["refreshToken"] = draw(bad_refresh_tokens)
+    return Shaped(Body(json.dumps(pair).encode()), token, access_ok, shape != "wrong", refresh_id)
+
+
+@FUZZ
+@given(case=shaped_pairs(), status=st.sampled_from([200, 201]))
+def test_login_answer_shapes(case: Shaped, status: int) -> None:
+    reply = Reply(status, case.body)
+    outcome = call([reply], "Pw#x", "login")
+    label("login shape", outcome)
+    error = outcome.error
+    if error is not None:
+        assert isinstance(error, InvalidResponse), error
+        assert_no_secret(error, *([case.refresh_id] if case.refresh_id else []))
+    if not case.refresh_ok:
+        assert error is not None and error.issued_refresh_id is None
+    elif case.access_ok and case.token.usable:
+        check_issued(outcome, reply, case.token, case.refresh_id)
+    else:
+        # The upstream opened a session tokend will not use: the caller must be able to revoke it.
+        assert error is not None, outcome.result
+        assert error.issued_refresh_id == case.refresh_id
+
+
+@st.composite
+def shaped_strings(draw: st.DrawFn) -> tuple[Body, Token, bool]:
+    token = draw(vendor_tokens() | jwt_tokens())
+    text, ok = token.text, True
+    if draw(st.booleans()):
+        cut = draw(st.integers(1, len(text) - 1))
+        text, ok = text[:cut] + draw(interior_space) + text[cut:], False
+    text = draw(surrounding_space) + text + draw(surrounding_space)
+    return Body(json.dumps(text).encode()), token, ok
+
+
+@FUZZ
+@given(case=shaped_strings())
+def test_refresh_answer_shapes(case: tuple[Body, Token, bool]) -> None:
+    body, token, ok = case
+    reply = Reply(200, body)
+    outcome = call([reply], "Pw#x", "refresh", "rid-1", "json")
+    label("refresh shape", outcome)
+    if ok and token.usable:
+        check_issued(outcome, reply, token, None)
+    else:
+        assert isinstance(outcome.error, InvalidResponse), (outcome.error, outcome.result)
+        assert outcome.error.issued_refresh_id is None
+
+
 @FUZZ
 @given(reply=replies(any_bodies | error_body("ECHO")), refresh_id=refresh_ids,
        form=st.sampled_from([None, "json", "bare"]))

@@ -39,7 +39,12 @@ class UpstreamDetail:
 
 
 class UpstreamError(TokendError):
-    """A failed call to the SDDC Manager. ``outcome`` is the metric label for it."""
+    """A failed call to the SDDC Manager. ``outcome`` is the metric label for it.
+
+    ``issued_refresh_id`` is set when the upstream accepted a login and issued a refresh token id,
+    but tokend refused the rest of the answer (SPEC §8.2): the caller revokes that id (best effort)
+    so no server session is left behind. It is a secret: it never appears in the error's text.
+    """
 
     outcome = "http_error"
 
@@ -51,12 +56,14 @@ class UpstreamError(TokendError):
         detail: UpstreamDetail | None = None,
         retry_after: float | None = None,
         outcome: str | None = None,
+        issued_refresh_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.detail = detail or UpstreamDetail()
         self.retry_after = retry_after
+        self.issued_refresh_id = issued_refresh_id
         if outcome is not None:
             self.outcome = outcome
 

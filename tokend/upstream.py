@@ -1,8 +1,9 @@
 """The SDDC Manager client: login, refresh, revoke. The only place that knows HTTP.
 
 Every failure leaves this module as one of the errors in :mod:`tokend.errors`; nothing from aiohttp,
-ssl or json escapes. Redirects are never followed: a 3xx on ``POST /v1/tokens`` could carry the
-password to another host, so it is an invalid response.
+ssl, json or Unicode escapes. Redirects are never followed: a 3xx on ``POST /v1/tokens`` could carry
+the password to another host, so it is an invalid response. Answers are checked at the door
+(SPEC §8.2): an access token must be a compact JWS, a refresh token id a string or ``{"id": ...}``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import email.utils
 import hashlib
 import json
+import re
 import ssl
 import time
 from collections.abc import Mapping
@@ -37,10 +39,14 @@ REFRESH_PATH = "/v1/tokens/access-token/refresh"
 REVOKE_PATH = "/v1/tokens/refresh-token"
 MAX_BODY = 1 << 20  # an access token is a few KiB; anything near this is not an SDDC Manager
 MAX_DETAIL_CHARS = 1000
+MAX_ACCESS_TOKEN = 16 * 1024  # bytes (ASCII once it is a JWS); the vendor's is under 2 KiB
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 Operation = Literal["login", "refresh", "revoke"]
 BodyForm = Literal["json", "bare"]
+
+# Compact JWS (RFC 7515 §7.1): header and payload base64url, non-empty; the signature may be empty.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class Issued:
     """A token the upstream just issued, with the timing facts expiry tracking needs."""
 
     access_token: str
-    refresh_id: str | None  # only from a login; a refresh does not rotate it
+    refresh_id: str | None  # from a login that issued one; None after a refresh, or a login without
     claims: Claims
     sent_mono: float
     sent_wall: float
@@ -281,23 +287,29 @@ class UpstreamClient:
                                  outcome="network_error") from None
 
     def _issued_from_login(self, response: _Response) -> Issued:
+        """The TokenPair of a 2xx login (SPEC §8.2).
+
+        A refused answer whose refresh id was usable carries it as ``issued_refresh_id``: the
+        upstream accepted the credentials and opened a session the caller should revoke.
+        """
         data = _json(response, "login")
         if not isinstance(data, dict):
             raise InvalidResponse("login: the answer is not a TokenPair object")
-        access = data.get("accessToken")
-        refresh = data.get("refreshToken")
-        refresh_id = refresh.get("id") if isinstance(refresh, dict) else None
-        if not isinstance(access, str) or not access:
-            raise InvalidResponse("login: the answer has no accessToken string")
-        if not isinstance(refresh_id, str) or not refresh_id:
-            raise InvalidResponse("login: the answer has no refreshToken.id string")
-        return self._issued(response, access, refresh_id)
+        refresh_id = _refresh_id(data.get("refreshToken"))
+        try:
+            access = _access_token(data.get("accessToken"), "login", "accessToken")
+            return self._issued(response, access, refresh_id)
+        except InvalidResponse as exc:
+            if refresh_id is None:
+                raise
+            raise InvalidResponse(exc.message, status=exc.status,
+                                  issued_refresh_id=refresh_id) from None
 
     def _issued_from_refresh(self, response: _Response) -> Issued:
         data = _json(response, "refresh")
-        if not isinstance(data, str) or not data:
+        if not isinstance(data, str):
             raise InvalidResponse("refresh: the answer is not the access token as a JSON string")
-        return self._issued(response, data, None)
+        return self._issued(response, _access_token(data, "refresh", "access token"), None)
 
     def _issued(self, response: _Response, access: str, refresh_id: str | None) -> Issued:
         return Issued(
@@ -335,7 +347,46 @@ async def _read_body(resp: aiohttp.ClientResponse, operation: str) -> bytes:
     return bytes(data)
 
 
+def _access_token(value: object, operation: str, name: str) -> str:
+    """``value`` trimmed, if it is a compact JWS of at most MAX_ACCESS_TOKEN; else InvalidResponse."""
+    if not isinstance(value, str):
+        raise InvalidResponse(f"{operation}: the answer has no {name} string")
+    token = value.strip()
+    if not token:
+        raise InvalidResponse(f"{operation}: the {name} is empty")
+    if len(token) > MAX_ACCESS_TOKEN:
+        raise InvalidResponse(f"{operation}: the {name} is longer than {MAX_ACCESS_TOKEN} bytes")
+    if not _COMPACT_JWS.fullmatch(token):
+        raise InvalidResponse(
+            f"{operation}: the {name} is not a compact JWS (three base64url parts separated by"
+            " dots, with no whitespace or line break inside)")
+    return token
+
+
+def _refresh_id(value: object) -> str | None:
+    """The id of a TokenPair's ``refreshToken``: ``{"id": "<id>"}``, a bare id, or absent/null."""
+    if value is None:
+        return None
+    refresh_id = value.get("id") if isinstance(value, dict) else value
+    if not isinstance(refresh_id, str) or not refresh_id:
+        raise InvalidResponse('login: the answer\'s refreshToken is neither {"id": "<id>"}, a'
+                              " non-empty string, nor absent")
+    if not _encodable(refresh_id):  # a lone surrogate from a JSON escape could not be sent back
+        raise InvalidResponse("login: the answer's refresh token id is not valid Unicode text")
+    return refresh_id
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _refresh_body(form: BodyForm, refresh_id: str) -> bytes:
+    if not _encodable(refresh_id):  # login refuses such an id; this keeps UnicodeError inside
+        raise RefreshTokenGone("the refresh token id is not valid Unicode text and cannot be sent")
     return (json.dumps(refresh_id) if form == "json" else refresh_id).encode()
 
 
