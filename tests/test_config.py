@@ -194,7 +194,7 @@ format = "json"
         tls_fingerprint=f'["{PIN.lower()}", "sha256:{"cd" * 32}"]',
         verify_tls="true", refresh_at="0.5", jitter="0.1", request_timeout='"2s"',
         max_backoff="30", max_login_failures="5", login_retry_interval='"1m"',
-        revoke_on_exit="true",
+        revoke_on_exit="true", max_token_lifetime='"90m"',
         file_sink='{ path = "/run/tokend/b.token", mode = "0640", group = "g", format = "json", '
                   'keep_on_exit = true }')}
 """)
@@ -209,6 +209,8 @@ format = "json"
     assert b is not None
     assert b.url == "http://127.0.0.1:8443/prefix"
     assert b.ca_file == ca_file
+    assert b.max_token_lifetime == 5400.0
+    assert config.target("a").max_token_lifetime == 7200.0
     assert b.tls_fingerprint == (PIN, "sha256:" + ":".join(["CD"] * 32))
     assert (b.refresh_at, b.jitter, b.request_timeout, b.max_backoff) == (0.5, 0.1, 2.0, 30.0)
     assert (b.max_login_failures, b.login_retry_interval, b.revoke_on_exit) == (5, 60.0, True)
@@ -800,6 +802,35 @@ def test_describe_with_defaults(tmp_path: Path, pw_file: Path) -> None:
     assert "environment variable $SFO_PW" in joined
     assert "tls: verify against the system CAs" in joined
     assert "file sink: none" in joined
+
+
+def test_describe_shows_the_token_lifetime_cap(tmp_path: Path, pw_file: Path) -> None:
+    lines = describe(load(tmp_path, target(pw_file, max_token_lifetime='"90m"')))
+    assert ("  token lifetime: at most 1h30m is trusted; a longer one is cut to it"
+            " (max_token_lifetime)") in lines
+
+
+# --- max_token_lifetime (SPEC §8.1) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 7200.0), ('"1h"', 3600.0), ("600", 600.0),
+                                                ('"500ms"', 0.5)])
+def test_max_token_lifetime(tmp_path: Path, pw_file: Path, value: str | None,
+                            seconds: float) -> None:
+    assert load(tmp_path, target(pw_file, max_token_lifetime=value)).targets[0] \
+        .max_token_lifetime == seconds
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ('"0s"', "must be longer than zero"), ("0", "must be longer than zero"),
+    ('"-1h"', "is not a duration"), ("-5", "is negative"), ('"2"', "has no unit"),
+    ("true", "expected a duration, got boolean"), ('"48h"', "longer than a day"),
+    ("nan", "is not a finite duration"),
+])
+def test_bad_max_token_lifetime_names_the_key(tmp_path: Path, pw_file: Path, value: str,
+                                              problem: str) -> None:
+    message = error(tmp_path, target(pw_file, max_token_lifetime=value))
+    assert message.startswith("targets[0].max_token_lifetime: ") and problem in message, message
 
 
 # --- arbitrary values ---------------------------------------------------------------------------

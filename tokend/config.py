@@ -57,6 +57,8 @@ class TargetConfig:
     login_retry_interval: float = 60.0
     revoke_on_exit: bool = False
     file_sink: FileSink | None = None
+    max_token_lifetime: float = 7200.0  # seconds; a longer tracked lifetime is cut to it (SPEC §8.1)
+
 
     @property
     def secret(self) -> SecretSource:
@@ -132,7 +134,8 @@ API_KEY_KEYS = ("api_key_file", "api_key_env", "api_key_credential", "api_key")
 SECRET_KEYS = PASSWORD_KEYS + API_KEY_KEYS
 TARGET_KEYS = ("name", "url", "username", *SECRET_KEYS, "ca_file", "tls_fingerprint",
                "verify_tls", "refresh_at", "jitter", "request_timeout", "max_backoff",
-               "max_login_failures", "login_retry_interval", "revoke_on_exit", "file_sink")
+               "max_login_failures", "login_retry_interval", "revoke_on_exit", "file_sink",
+               "max_token_lifetime")
 FILE_SINK_KEYS = ("path", "mode", "group", "format", "keep_on_exit")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -455,6 +458,7 @@ def _parse_target(data: Mapping[str, object], prefix: str, path: Path,
         login_retry_interval=_positive_duration(data, "login_retry_interval", prefix, 60.0),
         revoke_on_exit=_bool(data.get("revoke_on_exit", False), k("revoke_on_exit")),
         file_sink=_file_sink(data["file_sink"], k("file_sink")) if "file_sink" in data else None,
+        max_token_lifetime=_positive_duration(data, "max_token_lifetime", prefix, 7200.0),
     )
 
 
@@ -826,6 +830,8 @@ def _describe_target(t: TargetConfig) -> list[str]:
             tls += f"; leaf certificate pinned to {pins}"
     lines.append(f"tls: {tls}")
     lines.append(f"refresh: at {t.refresh_at * 100:g}% ± {t.jitter * 100:g}% of the token lifetime")
+    lines.append(f"token lifetime: at most {format_duration(t.max_token_lifetime)} is trusted; a"
+                 " longer one is cut to it (max_token_lifetime)")
     lines.append(
         f"timeouts: request {format_duration(t.request_timeout)}, "
         f"backoff up to {format_duration(t.max_backoff)}"
