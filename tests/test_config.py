@@ -189,8 +189,8 @@ listen = "[::1]:0"
 level = "debug"
 format = "json"
 
-{target(pw_file, name='"a"')}
-{target(pw_file, name='"b"', url='"http://127.0.0.1:8443/prefix/"', ca_file=f'"{ca_file}"',
+{target(pw_file, name='"a"', ca_file=f'"{ca_file}"')}
+{target(pw_file, name='"b"', url='"http://127.0.0.1:8443/prefix/"',
         tls_fingerprint=f'["{PIN.lower()}", "sha256:{"cd" * 32}"]',
         verify_tls="true", refresh_at="0.5", jitter="0.1", request_timeout='"2s"',
         max_backoff="30", max_login_failures="5", login_retry_interval='"1m"',
@@ -205,12 +205,11 @@ format = "json"
     assert config.default_target == "b"
     assert (config.metrics.host, config.metrics.port) == ("::1", 0)
     assert (config.log.level, config.log.format) == ("debug", "json")
-    b = config.target("b")
-    assert b is not None
+    a, b = config.target("a"), config.target("b")
+    assert a is not None and b is not None
     assert b.url == "http://127.0.0.1:8443/prefix"
-    assert b.ca_file == ca_file
-    assert b.max_token_lifetime == 5400.0
-    assert config.target("a").max_token_lifetime == 7200.0
+    assert a.ca_file == ca_file  # a pin and a CA file exclude each other (SPEC §8.8)
+    assert (a.max_token_lifetime, b.max_token_lifetime) == (7200.0, 5400.0)
     assert b.tls_fingerprint == (PIN, "sha256:" + ":".join(["CD"] * 32))
     assert (b.refresh_at, b.jitter, b.request_timeout, b.max_backoff) == (0.5, 0.1, 2.0, 30.0)
     assert (b.max_login_failures, b.login_retry_interval, b.revoke_on_exit) == (5, 60.0, True)
@@ -648,6 +647,30 @@ def test_ca_file_with_verification_off_is_refused(
     assert message.startswith("targets[0].ca_file: has no effect with verify_tls = false")
 
 
+def test_ca_file_with_a_pin_is_refused_naming_both_keys(
+    tmp_path: Path, pw_file: Path, ca_file: Path
+) -> None:
+    message = error(tmp_path, '[server]\ndefault_target = "a"\n' + target(pw_file, name='"a"')
+                    + target(pw_file, name='"b"', ca_file=f'"{ca_file}"', tls_fingerprint=f'"{PIN}"'))
+    assert message.startswith("targets[1].ca_file: cannot be combined with targets[1].tls_fingerprint")
+    assert "a pin replaces chain verification" in message
+    assert "remove ca_file" in message and "remove tls_fingerprint" in message
+
+
+def test_ca_file_bundle_with_non_ascii_comments_is_accepted(tmp_path: Path, pw_file: Path) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes("# Issuer: CN=NetLock Arany (Class Gold) Főtanúsítvány\n".encode()
+                       + trustme.CA().cert_pem.bytes())
+    assert load(tmp_path, target(pw_file, ca_file=f'"{bundle}"')).targets[0].ca_file == bundle
+
+
+def test_ca_file_with_a_broken_certificate_is_refused(tmp_path: Path, pw_file: Path) -> None:
+    bogus = tmp_path / "bogus.pem"
+    bogus.write_text("-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n")
+    message = error(tmp_path, target(pw_file, ca_file=f'"{bogus}"'))
+    assert message.startswith(f"targets[0].ca_file: {bogus} holds a certificate that cannot be loaded")
+
+
 @pytest.mark.parametrize(
     "pin",
     [PIN, PIN.lower(), "sha256:" + "ab" * 32, "SHA256:" + "Ab" * 32, f" {PIN} "],
@@ -770,10 +793,11 @@ allowed_uids = [1000]
 default_target = "b"
 [metrics]
 listen = "[::1]:9464"
-""" + target(pw_file, name='"a"', ca_file=f'"{ca_file}"', tls_fingerprint=f'"{PIN}"',
+""" + target(pw_file, name='"a"', ca_file=f'"{ca_file}"',
              file_sink='{ path = "/run/a.token", group = "vcf" }') + target(
         pw_file, name='"b"', password_file=None, username=None, api_key='"KEY-SECRET-1"',
-        verify_tls="false", revoke_on_exit="true")
+        verify_tls="false", revoke_on_exit="true") + target(
+        pw_file, name='"c"', tls_fingerprint=f'"{PIN}"')
     lines = describe(load(tmp_path, text))
     joined = "\n".join(lines)
     assert "socket: /run/tokend/tokend.sock (mode 0660, group vcf)" in lines
@@ -802,6 +826,33 @@ def test_describe_with_defaults(tmp_path: Path, pw_file: Path) -> None:
     assert "environment variable $SFO_PW" in joined
     assert "tls: verify against the system CAs" in joined
     assert "file sink: none" in joined
+
+
+def test_describe_says_exactly_what_is_verified(
+    tmp_path: Path, pw_file: Path, ca_file: Path
+) -> None:
+    text = '[server]\ndefault_target = "pin"\n' + "".join([
+        target(pw_file, name='"pin"', tls_fingerprint=f'"{PIN}"'),
+        target(pw_file, name='"pin-no-verify"', tls_fingerprint=f'"{PIN}"', verify_tls="false"),
+        target(pw_file, name='"off"', verify_tls="false"),
+        target(pw_file, name='"ca"', ca_file=f'"{ca_file}"'),
+        target(pw_file, name='"system"'),
+        target(pw_file, name='"plain"', url='"http://127.0.0.1:8443"'),
+        target(pw_file, name='"plain-ca"', url='"http://localhost:8443"', ca_file=f'"{ca_file}"'),
+    ])
+    lines = describe(load(tmp_path, text))
+    tls = [line for line in lines if line.startswith("  tls: ")]
+    assert tls == [
+        f"  tls: leaf certificate pinned to {PIN}, no chain verification, no hostname check",
+        f"  tls: leaf certificate pinned to {PIN}, no chain verification, no hostname check",
+        "  tls: certificate verification OFF (verify_tls = false): any certificate is accepted,"
+        " no hostname check",
+        f"  tls: verify against the system CAs and the CA file {ca_file} (re-read when it"
+        " changes), with hostname check",
+        "  tls: verify against the system CAs, with hostname check",
+        "  tls: plain HTTP, no TLS (loopback only)",
+        "  tls: plain HTTP, no TLS (loopback only) (ca_file not used)",
+    ]
 
 
 def test_describe_shows_the_token_lifetime_cap(tmp_path: Path, pw_file: Path) -> None:
@@ -908,6 +959,8 @@ def test_example_config_commented_keys_load(tmp_path: Path, pw_file: Path, ca_fi
     pin = "sha256:" + ":".join(["AB"] * 32)
     text = text.replace('# socket_group = "vcf-automation"', 'socket_group = "vcf-automation"')
     text = text.replace('# tls_fingerprint = ["sha256:AB:CD:..."]', f'tls_fingerprint = ["{pin}"]')
+    # A pin replaces ca_file (SPEC §8.8): the example says to use one or the other.
+    text = text.replace(f'ca_file = "{ca_file}"', f'# ca_file = "{ca_file}"')
     text = text.replace("# verify_tls = true", "verify_tls = true")
     text = text.replace("#   file_sink = {", "file_sink = {")
     config = load(tmp_path, text)

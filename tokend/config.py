@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import ssl
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 from tokend import DEFAULT_SOCKET
 from tokend.errors import ConfigError
 from tokend.secrets import Secret, SecretSource, check_secret_value, read_secret
+from tokend.trust import ca_context, read_ca_file
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,16 @@ class TargetConfig:
     file_sink: FileSink | None = None
     max_token_lifetime: float = 7200.0  # seconds; a longer tracked lifetime is cut to it (SPEC §8.1)
 
-
     @property
     def secret(self) -> SecretSource:
         """The one secret source of this target."""
         src = self.password if self.password is not None else self.api_key
         assert src is not None
         return src
+
+    def key(self, name: str) -> str:
+        """The config key path of this target's ``name``, e.g. ``targets[1].ca_file``, for errors."""
+        return f"{self.secret.key.rpartition('.')[0]}.{name}"
 
     def connection_key(self) -> tuple[object, ...]:
         """What must stay equal on reload for the target to keep its token and session."""
@@ -418,6 +421,13 @@ def _parse_target(data: Mapping[str, object], prefix: str, path: Path,
     ca_file = _ca_file(data["ca_file"], k("ca_file")) if "ca_file" in data else None
     pins = _fingerprints(data.get("tls_fingerprint", []), k("tls_fingerprint"))
     verify_tls = _bool(data.get("verify_tls", True), k("verify_tls"))
+    if ca_file is not None and pins:
+        raise ConfigError(
+            k("ca_file"),
+            f"cannot be combined with {k('tls_fingerprint')}: a pin replaces chain verification,"
+            " so the CA file would never be used",
+            "keep tls_fingerprint and remove ca_file, or keep ca_file and remove tls_fingerprint",
+        )
     if not verify_tls and ca_file is not None:
         raise ConfigError(k("ca_file"), "has no effect with verify_tls = false",
                           "remove ca_file, or verify_tls = false")
@@ -558,17 +568,9 @@ def _file_sink(value: object, key: str) -> FileSink:
 
 
 def _ca_file(value: object, key: str) -> Path:
+    """An absolute path to a CA file that loads now, the way the upstream client will load it."""
     path = _abs_path(value, key)
-    try:
-        with open(path, "rb"):
-            pass
-        ssl.create_default_context().load_verify_locations(cafile=str(path))
-    except (ssl.SSLError, ValueError):  # before OSError: SSLError is one
-        raise ConfigError(key, f"{path} holds no PEM certificate",
-                          "point it at a PEM file of CA certificates") from None
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}",
-                          "point it at a readable PEM file of CA certificates") from None
+    ca_context(read_ca_file(path, key), path, key)
     return path
 
 
@@ -817,18 +819,7 @@ def _describe_target(t: TargetConfig) -> list[str]:
     else:
         src = t.secret
         lines.append(f"auth: API key from {src.describe()} ({src.key.rpartition('.')[2]})")
-    pins = ", ".join(t.tls_fingerprint)
-    if not t.verify_tls:
-        tls = "certificate verification OFF (verify_tls = false)"
-        if pins:
-            tls += f"; leaf certificate pinned to {pins}"
-    else:
-        tls = "verify against the system CAs"
-        if t.ca_file is not None:
-            tls += f" and the CA file {t.ca_file}"
-        if pins:
-            tls += f"; leaf certificate pinned to {pins}"
-    lines.append(f"tls: {tls}")
+    lines.append(f"tls: {_describe_tls(t)}")
     lines.append(f"refresh: at {t.refresh_at * 100:g}% ± {t.jitter * 100:g}% of the token lifetime")
     lines.append(f"token lifetime: at most {format_duration(t.max_token_lifetime)} is trusted; a"
                  " longer one is cut to it (max_token_lifetime)")
@@ -851,3 +842,24 @@ def _describe_target(t: TargetConfig) -> list[str]:
         lines.append(f"file sink: {sink.path} (mode {sink.mode:04o}{group}, format {sink.format}, "
                      f"{keep} on exit)")
     return lines
+
+
+def _describe_tls(t: TargetConfig) -> str:
+    """Exactly what is verified on the connection to ``t``, in the order the client decides it."""
+    if t.url.startswith("http://"):
+        unused = [name for name, set_ in (("ca_file", t.ca_file is not None),
+                                          ("tls_fingerprint", bool(t.tls_fingerprint)),
+                                          ("verify_tls", not t.verify_tls)) if set_]
+        note = f" ({', '.join(unused)} not used)" if unused else ""
+        return f"plain HTTP, no TLS (loopback only){note}"
+    if t.tls_fingerprint:
+        # aiohttp checks a pin instead of the chain and the host name, never in addition.
+        return (f"leaf certificate pinned to {', '.join(t.tls_fingerprint)}, no chain verification,"
+                " no hostname check")
+    if not t.verify_tls:
+        return ("certificate verification OFF (verify_tls = false): any certificate is accepted,"
+                " no hostname check")
+    if t.ca_file is not None:
+        return (f"verify against the system CAs and the CA file {t.ca_file} (re-read when it"
+                " changes), with hostname check")
+    return "verify against the system CAs, with hostname check"

@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ import aiohttp
 
 from tokend.config import TargetConfig
 from tokend.errors import (
+    ConfigError,
     CredentialsRejected,
     InvalidResponse,
     RefreshTokenGone,
@@ -33,6 +35,7 @@ from tokend.errors import (
 )
 from tokend.jwtinfo import Claims, decode_claims
 from tokend.secrets import Secret
+from tokend.trust import ca_context, read_ca_file
 
 LOGIN_PATH = "/v1/tokens"
 REFRESH_PATH = "/v1/tokens/access-token/refresh"
@@ -107,17 +110,23 @@ class PinnedFingerprints(aiohttp.Fingerprint):
             raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
 
 
-def tls_setting(target: TargetConfig) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
-    """What aiohttp's ``ssl=`` gets: pins, no verification, or system CAs plus ``ca_file``."""
+def tls_setting(target: TargetConfig,
+                ca_pem: bytes | None = None) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+    """What aiohttp's ``ssl=`` gets: pins, no verification, or system CAs plus ``ca_file``.
+
+    ``ca_pem`` is the ``ca_file`` content when the caller has read it already (read here if not).
+    Raises ConfigError naming the target's ``ca_file`` key if that cannot be read or loaded.
+    """
     if target.tls_fingerprint:
         return PinnedFingerprints(target.tls_fingerprint)
     if not target.verify_tls:
         return False
-    context = ssl.create_default_context()
-    if target.ca_file is not None:
-        # create_default_context(cafile=X) would trust only X; this adds X to the system CAs.
-        context.load_verify_locations(cafile=str(target.ca_file))
-    return context
+    if target.ca_file is None:
+        return ssl.create_default_context()
+    key = target.key("ca_file")
+    if ca_pem is None:
+        ca_pem = read_ca_file(target.ca_file, key)
+    return ca_context(ca_pem, target.ca_file, key)
 
 
 def parse_detail(body: bytes) -> UpstreamDetail:
@@ -190,32 +199,107 @@ async def presented_fingerprint(url: str, timeout: float) -> str | None:
         writer.close()
 
 
+@dataclass(eq=False)
+class _Pool:
+    """An HTTP session and the calls using it: a retired one is closed only once they are done."""
+
+    session: aiohttp.ClientSession
+    in_flight: int = 0
+
+
 class UpstreamClient:
     """One target's SDDC Manager. One HTTP session, and the refresh body form once it is known."""
 
     def __init__(self, target: TargetConfig) -> None:
         self.target = target
         self.refresh_form: BodyForm | None = None
-        self._ssl = tls_setting(target)
-        self._session: aiohttp.ClientSession | None = None
+        self._ca_pem: bytes | None = None  # the ca_file content self._ssl was built from
+        self._ssl = self._first_tls_setting()
+        self._pool: _Pool | None = None
+        self._retired: list[_Pool] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
+    def check_trust(self) -> bool:
+        """Re-read ``ca_file``; if its content changed, the next call uses a new trust store.
+
+        SPEC §8.8. Returns True when a new SSL context was built (the next call opens a new
+        session; a call in flight finishes on the old one, which is then closed), False when the
+        content is unchanged or no ``ca_file`` is in use (pins, ``verify_tls = false``). Raises
+        ConfigError naming the target's ``ca_file`` key when the file cannot be read or holds no
+        loadable certificate; the current trust store is then kept.
+        """
+        ca_file = self._ca_file_in_use()
+        if ca_file is None:
+            return False
+        key = self.target.key("ca_file")
+        # One read for both the comparison and the context: a rewrite in between cannot slip in.
+        pem = read_ca_file(ca_file, key)
+        if pem == self._ca_pem:
+            return False
+        self._ssl = tls_setting(self.target, pem)
+        self._ca_pem = pem
+        self._retire_session()
+        return True
+
+    async def close(self) -> None:
+        """Close the HTTP session, and any retired one still waiting for its calls to finish."""
+        pools = [*self._retired, *([self._pool] if self._pool is not None else [])]
+        self._pool = None
+        self._retired = []
+        for pool in pools:
+            await pool.session.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _ca_file_in_use(self) -> Path | None:
+        """``ca_file``, unless pins or ``verify_tls = false`` make it irrelevant."""
+        if self.target.tls_fingerprint or not self.target.verify_tls:
+            return None
+        return self.target.ca_file
+
+    def _first_tls_setting(self) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+        ca_file = self._ca_file_in_use()
+        if ca_file is None:
+            return tls_setting(self.target)
+        try:
+            pem = read_ca_file(ca_file, self.target.key("ca_file"))
+            setting = tls_setting(self.target, pem)
+        except ConfigError:
+            # The file broke since the config was checked. Fail closed (the system CAs only) rather
+            # than crash the keeper; check_trust() reports it and loads the file once it is fixed.
+            return ssl.create_default_context()
+        self._ca_pem = pem
+        return setting
+
+    def _get_pool(self) -> _Pool:
+        if self._pool is None or self._pool.session.closed:
+            self._pool = _Pool(aiohttp.ClientSession(
                 base_url=self.target.url + "/",
                 timeout=aiohttp.ClientTimeout(total=self.target.request_timeout),
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=2),
                 trust_env=False,
                 skip_auto_headers=("User-Agent",),
                 headers={"User-Agent": "tokend"},
-            )
-        return self._session
+            ))
+        return self._pool
 
-    async def close(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def _retire_session(self) -> None:
+        if self._pool is not None:
+            self._retired.append(self._pool)
+            self._pool = None
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        """Close, in the background, each retired session no call is using any more."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): close() closes them
+            return
+        for pool in [p for p in self._retired if p.in_flight == 0]:
+            self._retired.remove(pool)
+            task = loop.create_task(pool.session.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def login(self, username: str | None, secret: Secret) -> Issued:
         """``POST /v1/tokens`` with a username and password, or an API key."""
@@ -255,7 +339,17 @@ class UpstreamClient:
     # -- internals ------------------------------------------------------------------------------
 
     async def _call(self, operation: Operation, method: str, path: str, body: bytes) -> _Response:
-        session = self._get_session()
+        pool = self._get_pool()
+        pool.in_flight += 1
+        try:
+            return await self._send(pool.session, operation, method, path, body)
+        finally:
+            pool.in_flight -= 1
+            if self._retired:
+                self._close_idle()
+
+    async def _send(self, session: aiohttp.ClientSession, operation: Operation, method: str,
+                    path: str, body: bytes) -> _Response:
         sent_wall = time.time()
         sent_mono = time.monotonic()
         try:
