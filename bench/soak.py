@@ -694,7 +694,7 @@ def _read_log(report: Report, log: Path, fake: TrackingFake, password: str) -> N
         report.events[name] += 1
         if name == "token.refresh_failed":
             report.refresh_failures[str(event.get("outcome"))] += 1
-        if name == "keeper.unexpected_error" or "exception" in event:
+        if name == "keeper.crashed" or "exception" in event:
             report.violation("tokend internal errors", f"{name}: {str(event)[:300]}")
     leaked = {t for t in JWT_RE.findall(text) if t in fake.issued}
     leaked |= {u for u in UUID_RE.findall(text) if u in set(fake.issued_refresh_ids)}

@@ -97,7 +97,10 @@ def is_number(value: object) -> bool:
 
 @dataclass(frozen=True)
 class Token:
-    """An access token and whether tokend can schedule by it (a numeric exp, a numeric or no iat)."""
+    """An access token and whether tokend can schedule by it (a numeric exp; a numeric or no iat).
+
+    An ``iat`` that is present but null is refused (SPEC §8.1: claims are numbers, never null).
+    """
 
     text: str
     exp: Any = MISSING
@@ -116,7 +119,7 @@ def jwt_tokens(draw: st.DrawFn) -> Token:
     header = {"alg": "HS256", "typ": "JWT"}
     text = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode()) + "." + b64(
         draw(st.binary(min_size=1, max_size=32)))
-    usable = exp is not None and is_number(exp) and (iat in (MISSING, None) or is_number(iat))
+    usable = exp is not None and is_number(exp) and (iat is MISSING or is_number(iat))
     return Token(text, None if exp is MISSING else exp, None if iat in (MISSING, None) else iat,
                  usable)
 

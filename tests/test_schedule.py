@@ -27,13 +27,16 @@ from tokend.schedule import (
     CONSUMER_MIN_INTERVAL,
     CONSUMER_QUIET_AFTER_NEW_TOKEN,
     FIRST_RETRY,
+    MIN_REFRESH_INTERVAL,
     NO_TOKEN_BACKOFF_CAP,
     STATES,
     TRANSIENT_REFRESHES_BEFORE_LOGIN,
     Action,
     HeldToken,
+    Log,
     PolicyConfig,
     RefreshPolicy,
+    Sleep,
     tracked_lifetime,
 )
 
@@ -74,7 +77,7 @@ def logged_in(rand: Callable[[], float] = half, now: float = 0.0, lifetime: floa
     """A policy that has just logged in successfully at ``now``."""
     p = policy(rand, **settings)
     p.observe_secret("secret-1")
-    p.on_token(now, held(now, lifetime), "login")
+    p.on_token(now, held(now, lifetime), "login", "rid-1")
     return p
 
 
@@ -324,7 +327,7 @@ def test_highest_random_draw_refreshes_just_under_refresh_at_plus_jitter() -> No
 
 def test_the_refresh_is_timed_from_when_the_request_was_sent_not_when_it_returned() -> None:
     p = policy(half)
-    p.on_token(112.0, held(obtained_at=100.0, lifetime=1000.0), "login")
+    p.on_token(112.0, held(obtained_at=100.0, lifetime=1000.0), "login", "rid-1")
 
     assert p.next_action(112.0).at == pytest.approx(800.0)
 
@@ -367,9 +370,10 @@ def test_the_refresh_always_lies_within_the_jitter_band_and_before_expiry(
 ) -> None:
     # Any jitter that keeps refresh_at ± jitter inside (0, 1).
     jitter = jitter_share * min(refresh_at, 1 - refresh_at)
+    assume(lifetime * (refresh_at - jitter) >= MIN_REFRESH_INTERVAL)  # shorter: the next test
     p = policy(lambda: r, refresh_at=refresh_at, jitter=jitter)
     token = held(obtained, lifetime)
-    p.on_token(obtained, token, "login")
+    p.on_token(obtained, token, "login", "rid-1")
 
     at = p.next_action(obtained).at
 
@@ -377,6 +381,16 @@ def test_the_refresh_always_lies_within_the_jitter_band_and_before_expiry(
     assert obtained + lifetime * (refresh_at - jitter) - slack <= at
     assert at <= obtained + lifetime * (refresh_at + jitter) + slack
     assert at < token.expires_at
+
+
+@given(lifetime=st.floats(0.01, 1.4), refresh_at=st.floats(0.05, 0.7))
+def test_a_short_lifetime_never_refreshes_more_often_than_once_a_second(
+    lifetime: float, refresh_at: float,
+) -> None:
+    p = policy(low, refresh_at=refresh_at, jitter=0.0)
+    p.on_token(10.0, held(10.0, lifetime), "login", "rid-1")
+
+    assert p.next_action(10.0).at == max(10.0 + lifetime * refresh_at, 10.0 + MIN_REFRESH_INTERVAL)
 
 
 # == backoff (SPEC §5.4) ========================================================================
@@ -537,7 +551,7 @@ def test_backoff_is_never_negative_and_never_above_its_caps(
 ) -> None:
     p = policy(lambda: r, max_backoff=max_backoff)
     if lifetime is not None:
-        p.on_token(0.0, held(0.0, lifetime), "login")
+        p.on_token(0.0, held(0.0, lifetime), "login", "rid-1")
     p.failures = failures
 
     delay = p.backoff(elapsed, retry_after)
@@ -613,7 +627,7 @@ def test_after_that_login_refreshes_resume_while_a_refresh_token_is_held(outcome
     assert p.next_action(2530.0).kind == "login"
 
     if outcome == "success":
-        p.on_token(2530.0, held(2530.0, 3600.0), "login")
+        p.on_token(2530.0, held(2530.0, 3600.0), "login", "rid-1")
     else:
         p.on_failure(2530.0, "login", transient() if outcome == "transient" else rejected())
 
@@ -654,7 +668,7 @@ def test_after_refresh_token_gone_a_failed_login_is_retried_as_a_login() -> None
 def test_a_login_after_refresh_token_gone_gives_a_refresh_token_again() -> None:
     p = logged_in(now=0.0, lifetime=3600.0)
     p.on_failure(2520.0, "refresh", gone())
-    p.on_token(2520.0, held(2520.0, 3600.0), "login")
+    p.on_token(2520.0, held(2520.0, 3600.0), "login", "rid-1")
 
     assert p.has_refresh_token
     assert p.next_action(2520.0).kind == "refresh"
@@ -779,7 +793,7 @@ def test_a_successful_login_clears_the_rejection_count() -> None:
     p.observe_secret("digest-a")
     p.on_failure(0.0, "login", rejected())
     p.on_failure(60.0, "login", rejected())
-    p.on_token(120.0, held(120.0, 3600.0), "login")
+    p.on_token(120.0, held(120.0, 3600.0), "login", "rid-1")
     assert p.rejections() == 0
 
     p.forget_refresh_token()
@@ -794,7 +808,7 @@ def test_a_successful_login_lifts_the_login_spacing() -> None:
     p = policy(high)
     p.observe_secret("digest-a")
     p.on_failure(0.0, "login", rejected())
-    p.on_token(60.0, held(60.0, 3600.0), "login")
+    p.on_token(60.0, held(60.0, 3600.0), "login", "rid-1")
     p.on_failure(100.0, "refresh", gone())
 
     assert p.next_action(100.0) == Action("login", 100.0)
@@ -932,7 +946,10 @@ def test_any_history_leaves_a_contract_state_and_never_a_stale_valid_token(
     for kind, step in events:
         now += step
         if kind.startswith("token"):
-            p.on_token(now, held(now, 600.0), "login" if kind == "token-login" else "refresh")
+            if kind == "token-login":
+                p.on_token(now, held(now, 600.0), "login", "rid-1")
+            else:
+                p.on_token(now, held(now, 600.0), "refresh")
         elif kind == "transient":
             p.on_failure(now, "refresh", transient())
         elif kind == "rejected":
@@ -960,24 +977,24 @@ def test_any_history_leaves_a_contract_state_and_never_a_stale_valid_token(
 # == consumer-triggered refreshes (SPEC §4) =====================================================
 
 
-def test_a_consumer_refresh_is_refused_within_five_seconds_of_a_new_token() -> None:
+def test_a_consumer_refresh_within_five_seconds_of_a_new_token_is_deferred_to_their_end() -> None:
     p = logged_in(now=100.0, lifetime=3600.0)
 
-    assert not p.consumer_refresh(100.0)
-    assert not p.consumer_refresh(100.0 + CONSUMER_QUIET_AFTER_NEW_TOKEN - 0.001)
-    assert p.next_action(104.0).at == pytest.approx(100.0 + 3600.0 * 0.7)
+    assert p.consumer_refresh(100.0) == 100.0 + CONSUMER_QUIET_AFTER_NEW_TOKEN
+    assert p.next_action(104.0) == Action("refresh", 100.0 + CONSUMER_QUIET_AFTER_NEW_TOKEN)
 
 
-def test_a_consumer_refresh_is_accepted_five_seconds_after_a_new_token() -> None:
+def test_a_consumer_refresh_is_due_at_once_five_seconds_after_a_new_token() -> None:
     p = logged_in(now=100.0, lifetime=3600.0)
 
-    assert p.consumer_refresh(100.0 + CONSUMER_QUIET_AFTER_NEW_TOKEN)
+    due = 100.0 + CONSUMER_QUIET_AFTER_NEW_TOKEN
+    assert p.consumer_refresh(due) == due
 
 
 def test_an_accepted_consumer_refresh_makes_the_refresh_due_now() -> None:
     p = logged_in(now=100.0, lifetime=3600.0)
 
-    assert p.consumer_refresh(500.0)
+    assert p.consumer_refresh(500.0) == 500.0
 
     assert p.next_action(500.0) == Action("refresh", 500.0)
 
@@ -985,34 +1002,53 @@ def test_an_accepted_consumer_refresh_makes_the_refresh_due_now() -> None:
 def test_a_consumer_refresh_never_postpones_an_overdue_refresh() -> None:
     p = logged_in(now=0.0, lifetime=100.0)
 
-    assert p.consumer_refresh(90.0)
+    assert p.consumer_refresh(90.0) == 90.0
 
     assert p.next_action(90.0) == Action("refresh", 70.0)
 
 
-def test_at_most_one_consumer_refresh_per_ten_seconds() -> None:
+def test_every_report_of_one_token_joins_one_refresh() -> None:
     p = logged_in(now=0.0, lifetime=3600.0)
 
-    assert p.consumer_refresh(200.0)
-    assert not p.consumer_refresh(200.0)
-    assert not p.consumer_refresh(200.0 + CONSUMER_MIN_INTERVAL - 0.001)
-    assert p.consumer_refresh(200.0 + CONSUMER_MIN_INTERVAL)
+    assert p.consumer_refresh(200.0) == 200.0
+    assert p.consumer_refresh(200.0) == 200.0
+    assert p.consumer_refresh(203.0, refused=True) == 200.0
 
 
-def test_the_ten_second_limit_holds_across_the_new_token_it_brought() -> None:
+def test_at_most_one_consumer_refresh_per_ten_seconds_the_next_is_deferred() -> None:
     p = logged_in(now=0.0, lifetime=3600.0)
-    assert p.consumer_refresh(200.0)
-    p.on_token(201.0, held(200.0, 3600.0), "refresh")
+    assert p.consumer_refresh(200.0) == 200.0
+    p.on_token(200.5, held(200.0, 3600.0), "refresh")
 
-    assert not p.consumer_refresh(207.0)  # 6 s after the new token, 7 s after the last one
-    assert p.consumer_refresh(210.0)
+    # 6 s after the new token, 6 s after the last consumer refresh: due 10 s after that one.
+    assert p.consumer_refresh(206.0) == 200.0 + CONSUMER_MIN_INTERVAL
+    assert p.next_action(206.0) == Action("refresh", 200.0 + CONSUMER_MIN_INTERVAL)
 
 
-def test_a_refused_consumer_refresh_does_not_use_up_the_allowance() -> None:
+def test_a_deferred_refresh_is_dropped_when_a_new_token_comes_first() -> None:
+    p = logged_in(now=100.0, lifetime=3600.0)
+    assert p.consumer_refresh(101.0) == 105.0
+    p.on_token(102.0, held(102.0, 3600.0), "refresh")
+
+    assert p.next_action(106.0) == Action("refresh", 102.0 + 3600.0 * 0.7)
+
+
+def test_a_report_of_a_token_that_is_no_longer_current_makes_no_refresh() -> None:
     p = logged_in(now=100.0, lifetime=3600.0)
 
-    assert not p.consumer_refresh(103.0)
-    assert p.consumer_refresh(105.0)
+    assert p.consumer_refresh(500.0, fingerprint="sha256:older", refused=True) is None
+    assert p.next_action(500.0) == Action("refresh", 100.0 + 3600.0 * 0.7)
+
+
+def test_a_deferred_refresh_is_logged_with_its_delay() -> None:
+    p = logged_in(now=100.0, lifetime=3600.0)
+    p.poll(100.0)
+    p.consumer_refresh(102.0, refused=True, reason="invalidate")
+
+    effects = p.poll(102.0)
+
+    assert Log("info", "token.refresh_deferred", {"reason": "invalidate", "in": 3.0}) in effects
+    assert effects[-1] == Sleep(105.0)
 
 
 def test_consumer_refreshes_are_refused_while_failures_back_off() -> None:
@@ -1020,8 +1056,8 @@ def test_consumer_refreshes_are_refused_while_failures_back_off() -> None:
     p.on_failure(2520.0, "refresh", transient())
     retry = p.next_action(2520.0)
 
-    assert not p.consumer_refresh(2520.5)
-    assert not p.consumer_refresh(3000.0)
+    assert p.consumer_refresh(2520.5) is None
+    assert p.consumer_refresh(3000.0) is None
     assert p.next_action(3000.0) == retry
 
 
@@ -1032,7 +1068,7 @@ def test_consumer_refreshes_are_refused_while_credentials_are_rejected() -> None
         p.on_failure(60.0 * i, "login", rejected())
     p.failures = 0  # even were the failure count cleared
 
-    assert not p.consumer_refresh(1000.0)
+    assert p.consumer_refresh(1000.0) is None
     assert p.next_action(1000.0).kind == "idle"
 
 
@@ -1041,6 +1077,63 @@ def test_consumer_refreshes_resume_after_a_success() -> None:
     p.on_failure(2520.0, "refresh", transient())
     p.on_token(2521.0, held(2521.0, 3600.0), "refresh")
 
-    assert not p.consumer_refresh(2522.0)
-    assert p.consumer_refresh(2526.0)
+    assert p.consumer_refresh(2522.0) == 2526.0
     assert p.next_action(2526.0) == Action("refresh", 2526.0)
+
+
+def refuse_brand_new_tokens(p: RefreshPolicy, count: int, start: float = 10.0) -> float:
+    """Report ``count`` tokens refused, each within a second of its arrival; return the time."""
+    now = start
+    for i in range(count):
+        token = p.valid_token(now)
+        assert token is not None
+        due = p.consumer_refresh(now + 1.0, token.fingerprint, refused=True)
+        if due is None:
+            return now + 1.0
+        now = due + 0.5
+        p.on_token(now, held(due, 3600.0, token=f"eyJ.token-{i}"), "refresh")
+    return now
+
+
+def test_three_brand_new_tokens_refused_in_a_row_stop_consumer_refreshes() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    now = refuse_brand_new_tokens(p, 2, start=0.0)
+    token = p.valid_token(now)
+    assert token is not None
+
+    assert p.consumer_refresh(now + 1.0, token.fingerprint, refused=True) is None
+    assert p.rejected_by_consumers
+    assert p.state(now + 1.0) == "degraded"
+    effects = p.poll(now + 1.0)
+    assert any(isinstance(e, Log) and e.event == "token.rejected_by_consumers" for e in effects)
+    assert p.consumer_refresh(now + 30.0, token.fingerprint, refused=True) is None
+
+
+def test_a_refused_token_that_was_not_brand_new_breaks_the_row() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    now = refuse_brand_new_tokens(p, 2, start=0.0)
+    token = p.valid_token(now)
+    assert token is not None
+
+    assert p.consumer_refresh(now + 60.0, token.fingerprint, refused=True) is not None
+    assert not p.rejected_by_consumers
+
+
+def test_the_next_scheduled_refresh_gives_consumers_another_chance() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    refuse_brand_new_tokens(p, 3, start=0.0)
+    assert p.rejected_by_consumers
+
+    p.on_token(2600.0, held(2600.0, 3600.0, token="eyJ.scheduled"), "refresh")
+
+    assert not p.rejected_by_consumers
+    assert p.state(2600.0) == "valid"
+
+
+def test_sighup_gives_consumers_another_chance() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    refuse_brand_new_tokens(p, 3, start=0.0)
+
+    p.reconfigure(100.0, PolicyConfig())
+
+    assert not p.rejected_by_consumers

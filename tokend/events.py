@@ -35,7 +35,19 @@ CATALOGUE: dict[str, Event] = {
                                   "a login or refresh failed; `next` says what tokend does next"),
     "token.refresh_requested": Event(("info",), ("target", "reason"),
                                      "a consumer's invalidate or min_ttl brought a refresh forward"),
-    "token.revoked": Event(("info",), ("target",), "the refresh token was revoked at exit"),
+    "token.revoked": Event(("info",), ("target", "reason"),
+                           "a refresh token was revoked: at exit, or an unused session (a login"
+                           " answer tokend refused)"),
+    "token.refresh_deferred": Event(("info",), ("target", "reason", "in"),
+                                    "a consumer's refresh waits `in` seconds for the rate limits"),
+    "token.rejected_by_consumers": Event(("warning",), ("target", "reason"),
+                                         "3 brand-new tokens in a row reported refused: reports"
+                                         " no longer refresh until the next scheduled refresh or"
+                                         " SIGHUP"),
+    "token.lifetime_capped": Event(("warning",), ("target", "fingerprint", "claimed_lifetime",
+                                                  "used_lifetime"),
+                                   "a token claims a lifetime over max_token_lifetime: served and"
+                                   " refreshed on the capped one"),
     "token.revoke_failed": Event(("warning",), ("target", "errorCode", "message"),
                                  "revoking the refresh token failed"),
     "login.rejected": Event(("error",), ("target", *UPSTREAM_ERROR_FIELDS, "rejections",
@@ -71,6 +83,12 @@ CATALOGUE: dict[str, Event] = {
     "request.failed": Event(("error",), ("path",),
                             "a bug while answering a request: logged with its traceback, answered"
                             " 500"),
-    "keeper.unexpected_error": Event(("error",), ("target", "operation"),
-                                     "a bug: logged with its traceback, retried with backoff"),
+    "keeper.crashed": Event(("error",), ("target", "error_type"),
+                            "a bug in tokend: logged with its traceback (no locals), counted as"
+                            " outcome internal_error, retried after a backoff"),
+    "tls.trust_reloaded": Event(("info",), ("target", "ca_file"),
+                                "ca_file changed: the next upstream call uses the new trust store"),
+    "tls.trust_reload_failed": Event(("error",), ("target", "key", "error", "action"),
+                                     "ca_file changed but cannot be used: the old trust store is"
+                                     " kept"),
 }

@@ -60,9 +60,12 @@ def decode_claims(token: str) -> Claims:
     except (jwt.PyJWTError, UnicodeError) as exc:
         # UnicodeError: a JSON string may hold a lone surrogate, which pyjwt cannot encode.
         raise InvalidResponse(f"the access token is not a JWT ({type(exc).__name__})") from None
-    exp = _numeric(payload.get("exp"), "exp")
-    if exp is None:
+    if payload.get("exp") is None:
         raise InvalidResponse("the access token has no 'exp' claim")
+    if "iat" in payload and payload["iat"] is None:
+        raise InvalidResponse("the access token's 'iat' claim is not a number")
+    exp = _numeric(payload["exp"], "exp")
+    assert exp is not None
     return Claims(exp=exp, iat=_numeric(payload.get("iat"), "iat"))
 
 

@@ -1,28 +1,29 @@
-"""One task per target: holds the current token, follows the refresh policy, serves consumers.
+"""One task per target: the driver of its state machine (:mod:`tokend.schedule`), and the serving side.
 
-The keeper is the only caller of its target's upstream client, and it makes one call at a time, so
+The keeper holds no decision of its own: it asks :meth:`RefreshPolicy.poll` what is due, performs
+each effect (an upstream call, a secret read, a log line, a metric, the file sink) and reports the
+outcome back. It is the only caller of its target's token source and makes one call at a time, so
 there is never more than one upstream request per target in flight (single flight). Consumers never
 wait on the upstream directly: they read the current token, or wait for the next one.
+
+Time comes from a :class:`Clock` and upstream calls from a :class:`TokenSource`, both passed in, so
+the keeper's flows are tested with a virtual clock and a fake source (``tests/test_keeper.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import random
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+from tokend.clock import Clock, SystemClock
 from tokend.config import TargetConfig
 from tokend.errors import (
     ConfigError,
-    CredentialsRejected,
-    RefreshTokenGone,
+    InvalidResponse,
     TokendError,
     TransientError,
     UpstreamDetail,
@@ -32,12 +33,51 @@ from tokend.filesink import TokenFile
 from tokend.jwtinfo import JWT_PATTERN, fingerprint
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import TargetMetrics
-from tokend.schedule import Action, HeldToken, PolicyConfig, RefreshPolicy, State, tracked_lifetime
+from tokend.schedule import (
+    Call,
+    CheckSecret,
+    Effect,
+    HeldToken,
+    Log,
+    Operation,
+    PolicyConfig,
+    Publish,
+    RefreshPolicy,
+    Revoke,
+    Sleep,
+    State,
+    StateChanged,
+    Withdraw,
+    admit,
+    iso_utc,
+    remediation,
+)
 from tokend.secrets import Secret, read_secret, secret_stamp
 from tokend.upstream import Issued, UpstreamClient
 
-SECRET_CHECK_INTERVAL = 30.0
 STUCK_GRACE = 30.0
+
+#: What the server serves: a held token with its answers rendered once.
+ServedToken = HeldToken
+
+
+class TokenSource(Protocol):
+    """The upstream calls a keeper makes (:class:`tokend.upstream.UpstreamClient`, or a fake)."""
+
+    async def login(self, username: str | None, secret: Secret) -> Issued:
+        """``POST /v1/tokens``; raises UpstreamError."""
+
+    async def refresh(self, refresh_id: str) -> Issued:
+        """``PATCH /v1/tokens/access-token/refresh``; raises UpstreamError."""
+
+    async def revoke(self, refresh_id: str) -> None:
+        """``DELETE /v1/tokens/refresh-token``; raises UpstreamError."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    def check_trust(self) -> bool:
+        """Re-read ``ca_file``; True when the trust store changed. Raises ConfigError."""
 
 
 class ServeError(TokendError):
@@ -54,48 +94,7 @@ class ServeError(TokendError):
         self.retry_after = retry_after
 
 
-def iso_utc(epoch: float) -> str:
-    """``2026-11-28T07:00:00Z``, truncated to the second (never later than ``epoch``)."""
-    return datetime.fromtimestamp(math.floor(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class ServedToken:
-    """A held token with its answers rendered once, so serving it is a few byte copies."""
-
-    held: HeldToken
-    raw: bytes
-    json_head: bytes  # everything before the expiresIn value
-    json_tail: bytes  # everything after it
-    expires_wall: float
-
-    @classmethod
-    def render(cls, target: str, held: HeldToken) -> ServedToken:
-        """Render the token JSON of SPEC §4 around a per-request ``expiresIn``."""
-        expires_wall = held.obtained_wall + held.lifetime
-        head = {"target": target, "tokenType": "Bearer", "accessToken": held.access_token,
-                "expiresAt": iso_utc(expires_wall)}
-        tail = {"upstreamExp": held.upstream_exp, "fingerprint": held.fingerprint}
-        head_bytes = json.dumps(head, separators=(", ", ": "))[:-1] + ', "expiresIn": '
-        tail_bytes = ", " + json.dumps(tail, separators=(", ", ": "))[1:]
-        return cls(held, held.access_token.encode(), head_bytes.encode(), tail_bytes.encode(),
-                   expires_wall)
-
-    @property
-    def fingerprint(self) -> str:
-        """The token's ``sha256:`` fingerprint."""
-        return self.held.fingerprint
-
-    def expires_in(self, now: float) -> int:
-        """Whole seconds tokend will still serve it."""
-        return max(0, math.floor(self.held.remaining(now)))
-
-    def json(self, now: float) -> bytes:
-        """The token JSON at ``now`` (monotonic)."""
-        return self.json_head + str(self.expires_in(now)).encode() + self.json_tail
-
-
-def error_dict(error: UpstreamError, at: float) -> dict[str, Any]:
+def error_dict(error: UpstreamError, at_wall: float) -> dict[str, Any]:
     """``lastError`` of the status JSON: the upstream's fields and tokend's own message."""
     detail = error.detail
     message = error.message
@@ -104,45 +103,32 @@ def error_dict(error: UpstreamError, at: float) -> dict[str, Any]:
     return {
         "errorCode": error.error_code,
         "message": REDACTOR.text(message),
-        "remediationMessage": REDACTOR.text(detail.remediation_message or _remediation(error)),
+        "remediationMessage": REDACTOR.text(detail.remediation_message or remediation(error)),
         "referenceToken": detail.reference_token,
-        "at": iso_utc(at),
+        "at": iso_utc(at_wall),
     }
-
-
-def _remediation(error: UpstreamError) -> str:
-    if isinstance(error, CredentialsRejected):
-        return ("Check the username and secret of this target; tokend logs in again when the"
-                " secret changes or on SIGHUP")
-    if isinstance(error, RefreshTokenGone):
-        return "None needed: tokend logs in again"
-    return "tokend retries with backoff; check that the SDDC Manager is reachable and healthy"
 
 
 class Keeper:
     """Keeps one target's token valid."""
 
     def __init__(self, target: TargetConfig, metrics: TargetMetrics,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random, client: TokenSource | None = None,
+                 clock: Clock | None = None) -> None:
         self.target = target
         self.name = target.name
         self.metrics = metrics
         self.policy = RefreshPolicy(policy_config(target), rand)
-        self.client = UpstreamClient(target)
+        self.client: TokenSource = client if client is not None else UpstreamClient(target)
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self.log = get_logger(target=target.name)
-        self.last_error: dict[str, Any] | None = None
-        self.last_refresh_wall: float | None = None
         self.first_attempt_done = asyncio.Event()
         self.sink = _token_file(target)
-        self._refresh_id: str | None = None
-        self._served: ServedToken | None = None
-        self._state: State = "starting"
-        self._in_flight = False
+        self._secret: Secret | None = None  # read for the login about to be made
+        self._secret_stamp: object = None
         self._busy_since: float | None = None
         self._wake = asyncio.Event()
         self._token_changed = asyncio.Event()
-        self._next_secret_check = 0.0
-        self._secret_stamp: object = None
         self._task: asyncio.Task[None] | None = None
 
     # -- life -----------------------------------------------------------------------------------
@@ -157,25 +143,26 @@ class Keeper:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if revoke and self._refresh_id is not None:
-            await self._revoke()
+        refresh_id = self.policy.refresh_id
+        if revoke and refresh_id is not None:
+            await self._revoke(refresh_id, at_exit=True)
         await self.client.close()
         if self.sink is not None and not self.sink.sink.keep_on_exit:
             self._sink_remove()
 
     def reconfigure(self, target: TargetConfig) -> None:
         """SIGHUP with the same url, TLS settings and secret: keep the token, take new settings."""
+        now = self.clock.monotonic()
         if target.file_sink != self.target.file_sink:
             if self.sink is not None:
                 self._sink_remove()
             self.sink = _token_file(target)
-            served = self.current(time.monotonic())
+            served = self.current(now)
             if self.sink is not None and served is not None:
-                self._sink_write(served, time.monotonic())
+                self._sink_write(served, now)
         self.target = target
-        self.policy.config = policy_config(target)
-        self.policy.reset_lockout()
-        self._next_secret_check = 0.0
+        self._secret_stamp = None  # re-read the secret and the TLS material now
+        self._perform_now(self.policy.reconfigure(now, policy_config(target)))
         self._wake.set()
 
     # -- what the server and the daemon read ----------------------------------------------------
@@ -183,12 +170,11 @@ class Keeper:
     @property
     def state(self) -> State:
         """The state of SPEC §4."""
-        return self._state
+        return self.policy.state(self.clock.monotonic())
 
     def current(self, now: float) -> ServedToken | None:
         """The token to serve at ``now``, or None. Never an expired one."""
-        served = self._served
-        return served if served is not None and served.held.valid(now) else None
+        return self.policy.valid_token(now)
 
     def stuck(self, now: float) -> bool:
         """True when one step has taken longer than any upstream call may (healthz, watchdog)."""
@@ -199,44 +185,50 @@ class Keeper:
 
     def next_refresh_in(self, now: float) -> float | None:
         """Seconds to the next upstream call, or None when none is planned."""
-        action = self.policy.next_action(now)
-        return None if action.kind == "idle" else max(0.0, action.at - now)
+        return self.policy.next_call_in(now)
+
+    def last_error(self, now: float, wall: float) -> dict[str, Any] | None:
+        """``lastError`` of SPEC §4, or None."""
+        failure = self.policy.last_failure
+        return None if failure is None else error_dict(failure.error, wall - (now - failure.at))
 
     def status(self, now: float, wall: float) -> dict[str, Any]:
         """This target's entry of ``GET /v1/status``."""
         served = self.current(now)
         next_in = self.next_refresh_in(now)
+        last_at = self.policy.last_token_at
         return {
             "name": self.name,
-            "state": self._state,
+            "state": self.policy.state(now),
             "expiresAt": iso_utc(served.expires_wall) if served else None,
             "expiresIn": served.expires_in(now) if served else None,
-            "lastRefreshAt": iso_utc(self.last_refresh_wall) if self.last_refresh_wall else None,
+            "lastRefreshAt": iso_utc(wall - (now - last_at)) if last_at is not None else None,
             "nextRefreshAt": iso_utc(wall + next_in) if next_in is not None else None,
             "consecutiveFailures": self.policy.failures,
-            "lastError": self.last_error,
+            "lastError": self.last_error(now, wall),
         }
 
     # -- consumer requests ----------------------------------------------------------------------
 
     def unavailable(self, now: float) -> ServeError:
         """The 503 for a request that finds no valid token."""
-        err = self.last_error or {}
-        if self._state == "credentials_rejected":
-            remediation = ("The upstream rejected this target's credentials; fix the secret"
-                           " (tokend notices within 30 s) or send SIGHUP")
+        state = self.policy.state(now)
+        err = self.last_error(now, self.clock.time()) or {}
+        if state == "credentials_rejected":
+            remediation_text = ("The upstream rejected this target's credentials; fix the secret"
+                                " (tokend notices within 30 s) or send SIGHUP")
         else:
-            remediation = err.get("remediationMessage") or "Retry after the Retry-After interval"
+            remediation_text = err.get("remediationMessage") or "Retry after the Retry-After interval"
         next_in = self.next_refresh_in(now)
         return ServeError(503, "TOKEN_UNAVAILABLE",
-                          f"no valid token for target '{self.name}' (state {self._state})"
+                          f"no valid token for target '{self.name}' (state {state})"
                           + (f"; last error: {err['message']}" if err.get("message") else ""),
-                          remediation, err.get("referenceToken"),
+                          remediation_text, err.get("referenceToken"),
                           retry_after=max(1.0, next_in if next_in is not None else 30.0))
 
     async def token(self, min_ttl: float | None = None) -> ServedToken:
         """The current token, one valid for at least ``min_ttl`` s (refreshing if need be)."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         served = self.current(now)
         if min_ttl is None:
             if served is None:
@@ -248,10 +240,10 @@ class Keeper:
                              f"min_ttl={min_ttl:g} cannot be met: the upstream's tokens for target"
                              f" '{self.name}' are served for {held.lifetime:.0f} s",
                              f"Ask for a min_ttl below {math.floor(held.lifetime)}")
-        if served is not None and served.held.remaining(now) >= min_ttl:
+        if served is not None and served.remaining(now) >= min_ttl:
             return served
-        self._consumer_refresh(now)
-        found = await self._wait_for(lambda s: s.held.remaining(time.monotonic()) >= min_ttl)
+        self._report(now, None, refused=False, reason="min_ttl")
+        found = await self._wait_for(lambda s: s.remaining(self.clock.monotonic()) >= min_ttl)
         if found is None:
             raise ServeError(503, "TOKEN_BELOW_MIN_TTL",
                              f"no token for target '{self.name}' valid for {min_ttl:g} s more",
@@ -260,198 +252,206 @@ class Keeper:
 
     async def invalidate(self, token_fingerprint: str) -> ServedToken:
         """A consumer got 401 with ``token_fingerprint``: answer a newer token (one refresh)."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         served = self.current(now)
         if served is not None and served.fingerprint != token_fingerprint:
             return served
         if served is not None:
-            self._consumer_refresh(now)
+            self._report(now, token_fingerprint, refused=True, reason="invalidate")
         found = await self._wait_for(lambda s: s.fingerprint != token_fingerprint)
         if found is None:
-            raise self.unavailable(time.monotonic())
+            raise self.unavailable(self.clock.monotonic())
         return found
 
-    def _consumer_refresh(self, now: float) -> None:
-        if self.policy.consumer_refresh(now):
-            self.log.info("token.refresh_requested", reason="consumer")
-            self._wake.set()
+    def _report(self, now: float, token_fingerprint: str | None, refused: bool, reason: str) -> None:
+        self.policy.consumer_refresh(now, token_fingerprint, refused=refused, reason=reason)
+        self._wake.set()  # the machine may have news: a refresh due, a deferral, a verdict
 
     async def _wait_for(self, good: Callable[[ServedToken], bool]) -> ServedToken | None:
-        deadline = time.monotonic() + self.target.request_timeout
+        deadline = self.clock.monotonic() + self.target.request_timeout
         while True:
-            now = time.monotonic()
+            now = self.clock.monotonic()
             served = self.current(now)
             if served is not None and good(served):
                 return served
             if now >= deadline:
                 return None
-            changed = self._token_changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), deadline - now)
+            await self.clock.wait(self._token_changed, deadline)
 
-    # -- the loop -------------------------------------------------------------------------------
+    # -- the driver -----------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
-            now = time.monotonic()
-            self._set_state(now)
-            if now >= self._next_secret_check:
-                self._check_secret(now)
-            action = self.policy.next_action(now)
-            if action.at <= now:
-                await self._attempt(action)
-                continue
-            wake_at = min(action.at, self._next_secret_check)
-            served = self.current(now)
-            if served is not None:
-                wake_at = min(wake_at, served.held.expires_at)
-            await self._sleep(wake_at - now)
+            self._wake.clear()  # before poll: a report arriving after it is not lost
+            try:
+                for effect in self.policy.poll(self.clock.monotonic()):
+                    await self._perform(effect)
+            except Exception as exc:  # tokend's own bug: never the end of the keeper (SPEC §8.4)
+                self._crashed(exc)
 
-    async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(seconds, 0.0))
+    async def _perform(self, effect: Effect) -> None:
+        match effect:
+            case Sleep(until):
+                if self.policy.next_action(self.clock.monotonic()).kind == "idle":
+                    self.first_attempt_done.set()  # nothing will be tried: do not hold READY=1
+                await self.clock.wait(self._wake, until)
+            case Call():
+                await self._call(effect)
+            case CheckSecret(login):
+                await self._check_secret(login)
+            case Revoke(refresh_id):
+                await self._revoke(refresh_id, at_exit=False)
+            case _:
+                self._perform_now([effect])
 
-    async def _attempt(self, action: Action) -> None:
-        operation = "login" if action.kind == "login" else "refresh"
-        self._in_flight = True
-        self._busy_since = time.monotonic()
-        self._set_state(self._busy_since)
+    def _perform_now(self, effects: list[Effect]) -> None:
+        """Perform the effects that need no waiting (logs, metrics, the sink, waking waiters)."""
+        for effect in effects:
+            match effect:
+                case Publish(token):
+                    self._publish(token)
+                case Withdraw():
+                    self.metrics.valid.set(0)
+                    if self.sink is not None:
+                        self._sink_remove()  # never leave an expired token behind
+                case Log(level, event, fields):
+                    getattr(self.log, level)(event, **fields)
+                case StateChanged(old, new):
+                    self._state_changed(old, new)
+                case _:
+                    raise AssertionError(f"effect {type(effect).__name__} needs the event loop")
+
+    async def _call(self, call: Call) -> None:
+        operation = call.operation
+        start = self.clock.monotonic()
+        self._busy_since = start
         try:
-            if operation == "login":
-                secret = self._read_secret()
-                if secret is None or self.policy.locked_out:
-                    return
-                issued = await self.client.login(self.target.username, secret)
-            else:
-                assert self._refresh_id is not None
-                issued = await self.client.refresh(self._refresh_id)
-            self._accept(operation, issued)
-        except UpstreamError as error:
-            self._fail(operation, error, duration=time.monotonic() - self._busy_since)
-        except Exception as exc:  # a bug must not end the keeper; it is logged and retried
-            self.log.error("keeper.unexpected_error", operation=operation, exc_info=exc)
-            self._fail(operation, TransientError(f"{operation}: internal error ({type(exc).__name__})",
-                                                 outcome="invalid_response"))
+            try:
+                issued = await self._upstream_call(call)
+            except UpstreamError as error:
+                await self._failed(operation, error, self.clock.monotonic() - start)
+                return
+            self._register(issued)
+            try:
+                admitted = admit(self.name, issued.access_token, fingerprint(issued.access_token),
+                                 issued.claims, issued.sent_mono, issued.sent_wall,
+                                 issued.server_date, self.target.max_token_lifetime)
+            except InvalidResponse as error:
+                if operation == "login":
+                    error.issued_refresh_id = issued.refresh_id  # the upstream took the credentials
+                await self._failed(operation, error, issued.duration)
+                return
+            if admitted.claimed_lifetime is not None:
+                self.log.warning("token.lifetime_capped", fingerprint=admitted.token.fingerprint,
+                                 claimed_lifetime=round(admitted.claimed_lifetime, 3),
+                                 used_lifetime=round(admitted.token.lifetime, 3))
+            self.metrics.upstream(operation, "success", issued.duration)
+            if issued.clock_skew is not None:
+                self.metrics.skew.set(issued.clock_skew)
+            effects = self.policy.on_token(self.clock.monotonic(), admitted.token, operation,
+                                           issued.refresh_id, issued.duration)
+            self.metrics.failures.set(0)
+            self._perform_now(effects)
         finally:
-            self._in_flight = False
             self._busy_since = None
             self.first_attempt_done.set()
-            self._set_state(time.monotonic())
 
-    def _read_secret(self) -> Secret | None:
-        try:
-            secret = read_secret(self.target.secret)
-        except ConfigError as exc:
-            self._fail("login", TransientError(
-                str(exc), outcome="invalid_response",
-                detail=UpstreamDetail(error_code="SECRET_UNAVAILABLE",
-                                      remediation_message=exc.fix or "Fix the secret source")),
-                count=False)
-            return None
-        REDACTOR.register(secret.reveal())
-        self.policy.observe_secret(secret.digest)
-        return secret
+    async def _upstream_call(self, call: Call) -> Issued:
+        if call.operation == "login":
+            secret, self._secret = self._secret, None
+            if secret is None:
+                raise AssertionError("a login without a freshly read secret")
+            return await self.client.login(self.target.username, secret)
+        if call.refresh_id is None:
+            raise AssertionError("a refresh without a refresh id")
+        return await self.client.refresh(call.refresh_id)
 
-    def _check_secret(self, now: float) -> None:
-        """Every 30 s: a changed secret lifts the lockout guard and is used at the next login."""
-        self._next_secret_check = now + SECRET_CHECK_INTERVAL
-        stamp = secret_stamp(self.target.secret)
-        if stamp == self._secret_stamp:
-            return
-        self._secret_stamp = stamp
-        was_locked = self.policy.locked_out
-        try:
-            secret = read_secret(self.target.secret)
-        except ConfigError:
-            return  # reported at the next login attempt
-        REDACTOR.register(secret.reveal())
-        self.policy.observe_secret(secret.digest)
-        if was_locked and not self.policy.locked_out:
-            self.log.info("secret.changed", action="logins resume")
+    async def _failed(self, operation: Operation, error: UpstreamError,
+                      duration: float | None) -> None:
+        if error.issued_refresh_id is not None:
+            REDACTOR.register(error.issued_refresh_id)
+        self.metrics.upstream(operation, error.outcome, duration)
+        effects = self.policy.on_failure(self.clock.monotonic(), operation, error)
+        self.metrics.failures.set(self.policy.failures)
+        for effect in effects:
+            await self._perform(effect)
 
-    def _accept(self, operation: str, issued: Issued) -> None:
+    def _register(self, issued: Issued) -> None:
+        """Every secret the upstream handed over is redacted from now on, used or not."""
         if issued.refresh_id is not None:
             REDACTOR.register(issued.refresh_id)
-            self._refresh_id = issued.refresh_id
         if not JWT_PATTERN.fullmatch(issued.access_token):
             REDACTOR.register(issued.access_token)
-        lifetime = tracked_lifetime(issued.claims, issued.sent_wall, issued.server_date)
-        held = HeldToken(
-            access_token=issued.access_token,
-            fingerprint=fingerprint(issued.access_token),
-            upstream_exp=issued.claims.exp,
-            obtained_at=issued.sent_mono,
-            expires_at=issued.sent_mono + lifetime,
-            obtained_wall=issued.sent_wall,
-        )
-        now = time.monotonic()
-        self.policy.on_token(now, held, "login" if operation == "login" else "refresh")
-        served = ServedToken.render(self.name, held)
-        self._served = served
-        self.last_error = None
-        self.last_refresh_wall = time.time()
+
+    def _publish(self, token: HeldToken) -> None:
+        now = self.clock.monotonic()
         m = self.metrics
-        m.upstream(operation, "success", issued.duration)
-        m.expiry.set(served.expires_wall)
-        m.issued.set(held.obtained_wall)
+        m.expiry.set(token.expires_wall)
+        m.issued.set(token.obtained_wall)
         m.valid.set(1)
-        m.failures.set(0)
-        if issued.clock_skew is not None:
-            m.skew.set(issued.clock_skew)
-        next_in = self.next_refresh_in(now)
-        self.log.info("token.acquired" if operation == "login" else "token.refreshed",
-                      operation=operation, fingerprint=held.fingerprint,
-                      expires_at=iso_utc(served.expires_wall), expires_in=served.expires_in(now),
-                      next_refresh_in=round(next_in, 1) if next_in is not None else None,
-                      duration=round(issued.duration, 3))
         if self.sink is not None:
-            self._sink_write(served, now)
+            self._sink_write(token, now)
         self._token_changed.set()
         self._token_changed = asyncio.Event()
 
-    def _fail(self, operation: str, error: UpstreamError, count: bool = True,
-              duration: float | None = None) -> None:
-        now = time.monotonic()
-        if count:
-            self.metrics.upstream(operation, error.outcome, duration)
-        if isinstance(error, RefreshTokenGone):
-            self._refresh_id = None
-        self.policy.on_failure(now, "login" if operation == "login" else "refresh", error)
-        self.last_error = error_dict(error, time.time())
-        self.metrics.failures.set(self.policy.failures)
-        action = self.policy.next_action(now)
-        fields: dict[str, Any] = {
-            "operation": operation,
-            "outcome": error.outcome,
-            "status": error.status,
-            **{k: v for k, v in self.last_error.items() if v is not None and k != "at"},
-            "consecutive_failures": self.policy.failures,
-        }
-        served = self.current(now)
-        fields["token_valid_for"] = served.expires_in(now) if served else 0
-        if action.kind == "idle":
-            fields["next"] = "no more logins until the secret changes or SIGHUP"
-        else:
-            fields["next"] = f"{action.kind} in {max(0.0, action.at - now):.1f}s"
-        if isinstance(error, CredentialsRejected):
-            self.log.error("login.rejected", rejections=self.policy.rejections(),
-                           max_login_failures=self.target.max_login_failures, **fields)
-        else:
-            self.log.warning("token.refresh_failed", **fields)
-
-    async def _revoke(self) -> None:
-        assert self._refresh_id is not None
-        start = time.monotonic()
+    async def _check_secret(self, login: bool) -> None:
+        """Read the secret for a login, or every 30 s when its source changed; TLS material too."""
+        now = self.clock.monotonic()
+        stamp = secret_stamp(self.target.secret)
+        if not login:
+            self._check_trust()
+            if stamp == self._secret_stamp:
+                return
         try:
-            await self.client.revoke(self._refresh_id)
+            secret = read_secret(self.target.secret)
+        except ConfigError as exc:
+            if login:  # not an upstream call: not counted in the upstream metrics
+                effects = self.policy.on_failure(now, "login", TransientError(
+                    str(exc), outcome="invalid_response",
+                    detail=UpstreamDetail(error_code="SECRET_UNAVAILABLE",
+                                          remediation_message=exc.fix or "Fix the secret source")))
+                self.metrics.failures.set(self.policy.failures)
+                self._perform_now(effects)
+                self.first_attempt_done.set()
+            return  # a periodic check: reported at the next login attempt
+        self._secret_stamp = stamp
+        REDACTOR.register(secret.reveal())
+        if login:
+            self._secret = secret
+        self._perform_now(self.policy.on_secret(now, secret.digest, for_login=login))
+
+    def _check_trust(self) -> None:
+        try:
+            if self.client.check_trust():
+                self.log.info("tls.trust_reloaded", ca_file=str(self.target.ca_file))
+        except ConfigError as exc:
+            self.log.error("tls.trust_reload_failed", key=exc.key, error=str(exc),
+                           action="the previous trust store is kept")
+
+    async def _revoke(self, refresh_id: str, at_exit: bool) -> None:
+        start = self.clock.monotonic()
+        try:
+            await self.client.revoke(refresh_id)
         except UpstreamError as error:
-            self.metrics.upstream("revoke", error.outcome, time.monotonic() - start)
-            self.log.warning("token.revoke_failed", **error_dict(error, time.time()))
+            self.metrics.upstream("revoke", error.outcome, self.clock.monotonic() - start)
+            self.log.warning("token.revoke_failed", **error_dict(error, self.clock.time()))
             return
-        self.metrics.upstream("revoke", "success", time.monotonic() - start)
-        self._refresh_id = None
-        self.log.info("token.revoked")
+        self.metrics.upstream("revoke", "success", self.clock.monotonic() - start)
+        if at_exit:
+            self.policy.forget_refresh_token()
+        self.log.info("token.revoked", reason="exit" if at_exit else "unused session")
+
+    def _crashed(self, exc: Exception) -> None:
+        now = self.clock.monotonic()
+        operation = self.policy.in_flight or self.policy.next_action(now).kind
+        self.log.error("keeper.crashed", error_type=type(exc).__name__, exc_info=exc)
+        self.metrics.upstream("refresh" if operation == "idle" else operation, "internal_error", None)
+        self._busy_since = None
+        self._secret = None
+        effects = self.policy.on_crash(now)
+        self.metrics.failures.set(self.policy.failures)
+        with contextlib.suppress(Exception):
+            self._perform_now(effects)
 
     def _sink_write(self, served: ServedToken, now: float) -> None:
         assert self.sink is not None
@@ -471,24 +471,15 @@ class Keeper:
             self.log.error("file_sink.remove_failed", path=str(self.sink.sink.path),
                            error=exc.strerror or str(exc))
 
-    def _set_state(self, now: float) -> None:
-        state = self.policy.state(now, self._in_flight)
-        if self._served is not None and not self._served.held.valid(now):
-            self._served = None
-            self.metrics.valid.set(0)
-            if self.sink is not None:
-                self._sink_remove()  # never leave an expired token behind
-        if state == self._state:
-            return
-        old, self._state = self._state, state
-        self.metrics.set_state(state)
-        if state in ("degraded", "expired", "credentials_rejected"):
+    def _state_changed(self, old: State, new: State) -> None:
+        self.metrics.set_state(new)
+        if new in ("degraded", "expired", "credentials_rejected"):
             level = "warning"
-        elif "refreshing" in (old, state) and "degraded" not in (old, state):
+        elif "refreshing" in (old, new) and "degraded" not in (old, new):
             level = "debug"  # every healthy refresh passes through it: not worth a line at info
         else:
             level = "info"
-        getattr(self.log, level)("target.state_changed", old=old, new=state)
+        getattr(self.log, level)("target.state_changed", old=old, new=new)
 
 
 def _token_file(target: TargetConfig) -> TokenFile | None:
@@ -501,7 +492,7 @@ def _token_file(target: TargetConfig) -> TokenFile | None:
 
 
 def policy_config(target: TargetConfig) -> PolicyConfig:
-    """The policy's view of a target's settings."""
+    """The machine's view of a target's settings."""
     return PolicyConfig(refresh_at=target.refresh_at, jitter=target.jitter,
                         max_backoff=target.max_backoff,
                         max_login_failures=target.max_login_failures,

@@ -15,7 +15,7 @@ from tokend.schedule import STATES, State
 
 UPSTREAM_OPERATIONS = ("login", "refresh", "revoke")
 UPSTREAM_OUTCOMES = ("success", "rejected", "refresh_token_gone", "http_error", "network_error",
-                     "tls_error", "timeout", "invalid_response")
+                     "tls_error", "timeout", "invalid_response", "internal_error")
 TOKEN_REQUEST_OUTCOMES = ("served", "unavailable", "below_min_ttl", "forbidden", "not_found",
                           "bad_request")
 

@@ -1,24 +1,53 @@
-"""The refresh policy: what a target's keeper does next, and when. Pure: no I/O, no clock reads.
+"""One target's state machine: all of its state and every decision about it. Pure: no I/O, no clock.
 
-Every method takes ``now`` (seconds on the monotonic clock) and the random source is injected, so the
-whole policy is tested without sockets or sleeps. The keeper feeds it outcomes and asks
-:meth:`RefreshPolicy.next_action`; nothing else decides timing.
+The keeper (:mod:`tokend.keeper`) is a driver around it, in the manner of h11's ``_state.py``: it
+reports *events* and performs the *effects* each event returns, in order. Every method takes ``now``,
+seconds on the monotonic clock; the random source is injected; so the whole machine is tested with
+plain numbers, without sockets or sleeps.
 
-Rules (SPEC §5): a token is served until ``sent + lifetime`` where the lifetime can only err short;
-refresh at ``refresh_at ± jitter`` of it; the refresh token first, a login when it is gone or after
-three transient refresh failures; full-jitter exponential backoff capped by ``max_backoff``, a tenth
-of the remaining life (floor 1 s) and 30 s while no token is held; ``Retry-After`` honoured within
-those caps; credential rejections counted per secret, logins spaced by ``login_retry_interval`` after
-one, and none at all after ``max_login_failures`` rejections of the same secret.
+Events: :meth:`RefreshPolicy.poll` (time passed), :meth:`~RefreshPolicy.on_token` (a call gave a
+token), :meth:`~RefreshPolicy.on_failure` (a call failed), :meth:`~RefreshPolicy.on_secret` (the
+secret was read), :meth:`~RefreshPolicy.on_crash` (tokend's own bug), :meth:`~RefreshPolicy.consumer_refresh`
+(a consumer reported a refused token or wants a longer one), :meth:`~RefreshPolicy.reconfigure` (SIGHUP).
+Effects: :class:`Call`, :class:`Revoke`, :class:`CheckSecret`, :class:`Publish`, :class:`Withdraw`,
+:class:`Log`, :class:`StateChanged` and :class:`Sleep` (wait until an instant or the next event).
+
+Rules (SPEC §5 and §8):
+
+1. A token is admitted whole or not at all: claims, lifetime cap and rendering are checked by
+   :func:`admit` before the machine sees it; a failed check is an ``InvalidResponse`` like any other.
+2. It is served until ``sent + lifetime``, where the lifetime can only err short and is cut to
+   ``max_token_lifetime``; once that instant passes it is withdrawn (never served expired).
+3. The next refresh is due at ``refresh_at ± jitter`` of the lifetime after the request was sent, and
+   never less than a second after it.
+4. Refresh token first; a login when there is none (a login answer may carry none), when it is
+   gone, or after three transient refresh failures in a row.
+5. One call at a time (single flight): no call is due while one is in flight.
+6. Failures back off with full jitter, from 1 s doubling to ``max_backoff``, capped by a tenth of
+   the remaining life (floor 1 s), and by 30 s while no token is held, except after a login whose
+   answer was refused although the upstream took the credentials: that session is revoked and the
+   retry may wait up to ``max_backoff``. ``Retry-After`` is honoured within those caps.
+7. Logins read the secret first. Credential rejections count against the secret they were made
+   with; after one, logins are spaced by ``login_retry_interval``; after ``max_login_failures`` of
+   one secret, none until the secret changes or SIGHUP. The secret source is checked every 30 s.
+8. Consumer refreshes (``invalidate``, ``min_ttl``) are deferred, never dropped: the refresh is due
+   at the earliest instant both limits allow (5 s after a new token, 10 s after the last consumer
+   refresh); it is dropped only if a new token arrives first. Every report of one token joins one
+   refresh. None while failures back off or logins are stopped. After 3 brand-new tokens (reported
+   within their first 5 s) in a row, reports no longer refresh: the state is ``degraded`` until the
+   next scheduled refresh or SIGHUP.
+9. tokend's own bugs (:meth:`on_crash`) count as failures and back off; the state stays consistent.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from tokend.errors import (
     CredentialsRejected,
@@ -33,13 +62,24 @@ NO_TOKEN_BACKOFF_CAP = 30.0
 TRANSIENT_REFRESHES_BEFORE_LOGIN = 3
 CONSUMER_QUIET_AFTER_NEW_TOKEN = 5.0
 CONSUMER_MIN_INTERVAL = 10.0
+REFUSED_NEW_TOKENS_LIMIT = 3
+MIN_REFRESH_INTERVAL = 1.0
 NO_CLAIMS_MARGIN = 60.0
+SECRET_CHECK_INTERVAL = 30.0
 
 Operation = Literal["login", "refresh"]
 State = Literal["starting", "valid", "refreshing", "degraded", "expired", "credentials_rejected"]
 STATES: tuple[State, ...] = (
     "starting", "valid", "refreshing", "degraded", "expired", "credentials_rejected",
 )
+
+
+def iso_utc(epoch: float) -> str:
+    """``2026-11-28T07:00:00Z``, truncated to the second (never later than ``epoch``).
+
+    Raises ValueError or OverflowError for an instant outside years 1–9999.
+    """
+    return datetime.fromtimestamp(math.floor(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def tracked_lifetime(claims: Claims, sent_wall: float, server_date: float | None) -> float:
@@ -69,7 +109,11 @@ def tracked_lifetime(claims: Claims, sent_wall: float, server_date: float | None
 
 @dataclass(frozen=True)
 class HeldToken:
-    """An access token and the monotonic span in which tokend serves it."""
+    """An access token, the monotonic span in which tokend serves it, and its answers rendered once.
+
+    Rendering happens at construction (so a token that cannot be rendered is never taken); serving
+    it is then a few byte copies (SPEC §4 token JSON, ``?format=raw``).
+    """
 
     access_token: str
     fingerprint: str
@@ -77,11 +121,30 @@ class HeldToken:
     obtained_at: float  # monotonic instant the request that obtained it was sent
     expires_at: float  # monotonic instant tokend stops serving it
     obtained_wall: float  # wall-clock twin of obtained_at, for display and metrics
+    target: str = ""
+    raw: bytes = field(init=False, repr=False, compare=False)
+    json_head: bytes = field(init=False, repr=False, compare=False)  # before the expiresIn value
+    json_tail: bytes = field(init=False, repr=False, compare=False)  # after it
+
+    def __post_init__(self) -> None:
+        head = {"target": self.target, "tokenType": "Bearer", "accessToken": self.access_token,
+                "expiresAt": iso_utc(self.expires_wall)}
+        tail = {"upstreamExp": self.upstream_exp, "fingerprint": self.fingerprint}
+        head_text = json.dumps(head, separators=(", ", ": "))[:-1] + ', "expiresIn": '
+        tail_text = ", " + json.dumps(tail, separators=(", ", ": "), allow_nan=False)[1:]
+        object.__setattr__(self, "raw", self.access_token.encode("utf-8", "surrogatepass"))
+        object.__setattr__(self, "json_head", head_text.encode())
+        object.__setattr__(self, "json_tail", tail_text.encode())
 
     @property
     def lifetime(self) -> float:
-        """The tracked span from request to serve-until."""
+        """The tracked span from request to serve-until, in seconds."""
         return self.expires_at - self.obtained_at
+
+    @property
+    def expires_wall(self) -> float:
+        """When tokend stops serving it, on the local wall clock (``expiresAt``)."""
+        return self.obtained_wall + self.lifetime
 
     def remaining(self, now: float) -> float:
         """Seconds it may still be served."""
@@ -91,13 +154,48 @@ class HeldToken:
         """Whether it may be served at ``now``."""
         return now < self.expires_at
 
+    def expires_in(self, now: float) -> int:
+        """Whole seconds tokend will still serve it (``expiresIn``)."""
+        return max(0, math.floor(self.remaining(now)))
+
+    def json(self, now: float) -> bytes:
+        """The token JSON of SPEC §4 at ``now`` (monotonic)."""
+        return self.json_head + str(self.expires_in(now)).encode() + self.json_tail
+
     def __repr__(self) -> str:
         return f"HeldToken({self.fingerprint}, expires_at={self.expires_at:.3f})"
 
 
 @dataclass(frozen=True)
+class Admitted:
+    """A token that passed every check, and the lifetime it claimed when that was cut."""
+
+    token: HeldToken
+    claimed_lifetime: float | None  # set only when the cap applied
+
+
+def admit(target: str, access_token: str, token_fingerprint: str, claims: Claims, sent_mono: float,
+          sent_wall: float, server_date: float | None, max_lifetime: float) -> Admitted:
+    """Check an issued token whole (SPEC §5.1, §8.1): lifetime, cap, rendering.
+
+    Raises InvalidResponse when the token cannot be served (already expired, or not renderable).
+    """
+    lifetime = tracked_lifetime(claims, sent_wall, server_date)
+    claimed: float | None = None
+    if lifetime > max_lifetime:
+        claimed, lifetime = lifetime, max_lifetime
+    try:
+        token = HeldToken(access_token=access_token, fingerprint=token_fingerprint,
+                          upstream_exp=claims.exp, obtained_at=sent_mono,
+                          expires_at=sent_mono + lifetime, obtained_wall=sent_wall, target=target)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidResponse(f"the access token cannot be served ({type(exc).__name__})") from None
+    return Admitted(token, claimed)
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
-    """The per-target settings the policy needs (SPEC §3)."""
+    """The per-target settings the machine needs (SPEC §3, §8.1)."""
 
     refresh_at: float = 0.7
     jitter: float = 0.05
@@ -108,37 +206,131 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class Action:
-    """What to do next. ``idle`` waits for an outside event (a changed secret, SIGHUP)."""
+    """The next upstream call and when it is due. ``idle`` waits for an outside event."""
 
     kind: Literal["login", "refresh", "idle"]
     at: float
 
 
+# -- effects: what the driver does for the machine ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """Make this upstream call now, then report :meth:`RefreshPolicy.on_token` or ``on_failure``."""
+
+    operation: Operation
+    refresh_id: str | None  # for a refresh
+
+
+@dataclass(frozen=True)
+class Revoke:
+    """Revoke this refresh id, best effort (a session the machine will not use)."""
+
+    refresh_id: str
+
+
+@dataclass(frozen=True)
+class CheckSecret:
+    """Look at the secret source (and TLS material); report :meth:`RefreshPolicy.on_secret`.
+
+    ``login``: read the secret itself, a login is waiting for it; else only if its source changed.
+    """
+
+    login: bool
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Serve this token from now on (answer waiters, write the sink, set the gauges)."""
+
+    token: HeldToken
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """The served token has expired: stop serving it, remove the sink."""
+
+    token: HeldToken
+
+
+@dataclass(frozen=True)
+class Log:
+    """Log ``event`` at ``level`` with ``fields`` (the target is added by the driver)."""
+
+    level: Literal["debug", "info", "warning", "error"]
+    event: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    """The SPEC §4 state changed."""
+
+    old: State
+    new: State
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Nothing to do before ``until`` (monotonic) unless an event arrives."""
+
+    until: float
+
+
+Effect = Call | Revoke | CheckSecret | Publish | Withdraw | Log | StateChanged | Sleep
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The last failure, for ``lastError`` (SPEC §4)."""
+
+    error: UpstreamError
+    at: float  # monotonic
+
+
 class RefreshPolicy:
-    """The decisions of one target's keeper."""
+    """The state machine of one target. The driver holds no target state of its own."""
 
     def __init__(self, config: PolicyConfig, rand: Callable[[], float] = random.random) -> None:
         self.config = config
         self._rand = rand
-        self.token: HeldToken | None = None
-        self.has_refresh_token = False
+        self.token: HeldToken | None = None  # the newest token, valid or not (its lifetime is known)
+        self.refresh_id: str | None = None
         self.failures = 0
         self.transient_refresh_failures = 0
         self.attempted = False
+        self.in_flight: Operation | None = None
         self.secret_digest: str | None = None
+        self.last_failure: Failure | None = None
+        self.last_token_at: float | None = None  # monotonic instant the last token arrived
+        self.rejected_by_consumers = False
+        self._state: State = "starting"
+        self._published: HeldToken | None = None
         self._rejections: dict[str, int] = {}
         self._last_rejection_at: float | None = None
         self._next_at = 0.0
+        self._next_secret_check = 0.0
+        self._secret_fresh = False  # read since the last login: a login may go ahead
+        self._long_backoff = False  # the last failure was a refused answer to an accepted login
         self._token_received_at = -math.inf
         self._last_consumer_refresh = -math.inf
+        self._consumer_due: float | None = None
+        self._reported: str | None = None  # the token already reported refused
+        self._refused_new_tokens = 0
+        self._pending: list[Effect] = []  # effects of consumer reports, given out at the next poll
 
-    # -- what the keeper asks -------------------------------------------------------------------
+    # -- reading --------------------------------------------------------------------------------
+
+    @property
+    def has_refresh_token(self) -> bool:
+        """True while a refresh id is held."""
+        return self.refresh_id is not None
 
     @property
     def locked_out(self) -> bool:
         """True when the current secret has been rejected ``max_login_failures`` times."""
-        count = self._rejections.get(self.secret_digest or "", 0)
-        return count >= self.config.max_login_failures
+        return self.rejections() >= self.config.max_login_failures
 
     def rejections(self) -> int:
         """How often the current secret has been rejected."""
@@ -159,12 +351,19 @@ class RefreshPolicy:
             at = max(at, self._last_rejection_at + self.config.login_retry_interval)
         return Action("login", at)
 
-    def state(self, now: float, in_flight: bool) -> State:
-        """The target state of SPEC §4."""
+    def next_call_in(self, now: float) -> float | None:
+        """Seconds to the next upstream call, or None when none is planned."""
+        action = self.next_action(now)
+        return None if action.kind == "idle" else max(0.0, action.at - now)
+
+    def state(self, now: float, in_flight: bool | None = None) -> State:
+        """The target state of SPEC §4 (``in_flight`` defaults to whether a call is out)."""
+        if in_flight is None:
+            in_flight = self.in_flight is not None
         if self.locked_out and not self.has_refresh_token:
             return "credentials_rejected"
         if self.token is not None and self.token.valid(now):
-            if self.failures:
+            if self.failures or self.rejected_by_consumers:
                 return "degraded"  # stays degraded while a retry is in flight
             return "refreshing" if in_flight else "valid"
         return "expired" if self.attempted else "starting"
@@ -179,6 +378,8 @@ class RefreshPolicy:
         token = self.valid_token(now)
         if token is not None:
             cap = max(FIRST_RETRY, token.remaining(now) / 10)
+        elif self._long_backoff:
+            cap = math.inf  # a server that takes the credentials and answers garbage: no 30 s cap
         else:
             cap = NO_TOKEN_BACKOFF_CAP
         cap = min(cap, self.config.max_backoff)
@@ -188,26 +389,82 @@ class RefreshPolicy:
             delay = max(delay, min(retry_after, cap))
         return delay
 
-    # -- what the keeper reports ----------------------------------------------------------------
+    # -- events ---------------------------------------------------------------------------------
 
-    def on_token(self, now: float, token: HeldToken, operation: Operation) -> None:
-        """A call succeeded with ``token``: schedule the next refresh inside its lifetime."""
+    def poll(self, now: float) -> list[Effect]:
+        """Time passed: what is due at ``now``. The list ends with a Call, CheckSecret or Sleep."""
+        effects, self._pending = self._pending, []
+        published = self._published
+        if published is not None and not published.valid(now):
+            self._published = None
+            effects.append(Withdraw(published))
+        effects += self._state_effects(now)
+        if now >= self._next_secret_check:
+            self._next_secret_check = now + SECRET_CHECK_INTERVAL
+            effects.append(CheckSecret(login=False))
+            return effects
+        action = self.next_action(now)
+        if self.in_flight is None and action.kind != "idle" and action.at <= now:
+            if action.kind == "login" and not self._secret_fresh:
+                effects.append(CheckSecret(login=True))
+                return effects
+            self._secret_fresh = False
+            self.in_flight = action.kind
+            if self._consumer_due is not None and action.kind == "refresh":
+                effects.append(Log("info", "token.refresh_requested", {"reason": "consumer"}))
+            effects += self._state_effects(now)
+            effects.append(Call(action.kind, self.refresh_id if action.kind == "refresh" else None))
+            return effects
+        wake = min(action.at, self._next_secret_check)
+        if self._published is not None:
+            wake = min(wake, self._published.expires_at)
+        effects.append(Sleep(wake))
+        return effects
+
+    def on_token(self, now: float, token: HeldToken, operation: Operation,
+                 refresh_id: str | None = None, duration: float | None = None) -> list[Effect]:
+        """A call succeeded with an admitted ``token``; a login also brings its refresh id, if any."""
+        previous = self.token
+        if previous is not None and self._reported != previous.fingerprint:
+            self._refused_new_tokens = 0  # the previous token was not refused: the row is broken
+        if self._consumer_due is None and self.rejected_by_consumers:
+            self.rejected_by_consumers = False  # a scheduled refresh: consumers get another chance
+            self._refused_new_tokens = 0
         self.token = token
+        self._published = token
+        self.in_flight = None
         self.attempted = True
         self.failures = 0
         self.transient_refresh_failures = 0
+        self._long_backoff = False
+        self.last_failure = None
+        self.last_token_at = now
         self._token_received_at = now
+        self._consumer_due = None
         if operation == "login":
-            self.has_refresh_token = True
+            self.refresh_id = refresh_id
             self._rejections.pop(self.secret_digest or "", None)
             self._last_rejection_at = None
         fraction = self.config.refresh_at + self.config.jitter * (2 * self._rand() - 1)
-        self._next_at = token.obtained_at + token.lifetime * fraction
+        self._next_at = token.obtained_at + max(token.lifetime * fraction, MIN_REFRESH_INTERVAL)
+        next_in = self.next_call_in(now)
+        log = Log("info", "token.acquired" if operation == "login" else "token.refreshed", {
+            "operation": operation, "fingerprint": token.fingerprint,
+            "expires_at": iso_utc(token.expires_wall), "expires_in": token.expires_in(now),
+            "next_refresh_in": round(next_in, 1) if next_in is not None else None,
+            "duration": round(duration, 3) if duration is not None else None,
+        })
+        return [Publish(token), log, *self._state_effects(now)]
 
-    def on_failure(self, now: float, operation: Operation, error: UpstreamError) -> None:
-        """A call failed: count it and schedule the retry."""
+    def on_failure(self, now: float, operation: Operation, error: UpstreamError) -> list[Effect]:
+        """A call failed (or could not be made): count it, schedule the retry."""
+        effects: list[Effect] = []
+        self.in_flight = None
         self.attempted = True
         self.failures += 1
+        self.last_failure = Failure(error, now)
+        self._consumer_due = None
+        self._long_backoff = False
         if operation == "login":
             # Whatever the outcome, the next attempt goes back to the refresh token if one is held.
             self.transient_refresh_failures = 0
@@ -216,38 +473,148 @@ class RefreshPolicy:
             self._rejections[digest] = self._rejections.get(digest, 0) + 1
             self._last_rejection_at = now
         elif isinstance(error, RefreshTokenGone):
-            self.has_refresh_token = False
+            self.refresh_id = None
             self.transient_refresh_failures = 0
-            self._next_at = now
-            return
         elif operation == "refresh":
             self.transient_refresh_failures += 1
-        self._next_at = now + self.backoff(now, error.retry_after)
+        elif _refused_after_accept(error):
+            self._long_backoff = True
+            if error.issued_refresh_id is not None:
+                effects.append(Revoke(error.issued_refresh_id))
+        if isinstance(error, RefreshTokenGone):
+            self._next_at = now
+        else:
+            self._next_at = now + self.backoff(now, error.retry_after)
+        effects.append(self._failure_log(now, operation, error))
+        return effects + self._state_effects(now)
+
+    def on_crash(self, now: float) -> list[Effect]:
+        """tokend's own code failed: back off and carry on from the last consistent state."""
+        self.in_flight = None
+        self._secret_fresh = False
+        self.failures += 1
+        self._next_at = max(self._next_at, now + self.backoff(now))
+        return self._state_effects(now)
+
+    def on_secret(self, now: float, digest: str, for_login: bool) -> list[Effect]:
+        """The secret now in use: read for the login about to be made, or its source changed."""
+        was_locked = self.locked_out
+        self.secret_digest = digest
+        self._secret_fresh = for_login
+        effects: list[Effect] = []
+        if was_locked and not self.locked_out:
+            effects.append(Log("info", "secret.changed", {"action": "logins resume"}))
+        return effects + self._state_effects(now)
+
+    def consumer_refresh(self, now: float, fingerprint: str | None = None,
+                         refused: bool = False, reason: str = "consumer") -> float | None:
+        """A consumer wants a newer token than ``fingerprint`` (None: the current one).
+
+        ``refused``: the upstream refused that token (``invalidate``); ``reason`` goes to the log.
+        The driver wakes :meth:`poll` after every report. Returns the instant the
+        refresh is due (``now`` or later, deferred by the rate limits), or None when no refresh
+        will be made for it: the token is not the current one, failures are backing off, logins
+        are stopped, or consumers have refused too many brand-new tokens.
+        """
+        token = self.valid_token(now)
+        if token is None or (fingerprint is not None and fingerprint != token.fingerprint):
+            return None
+        if refused and self._reported != token.fingerprint:
+            self._reported = token.fingerprint
+            brand_new = now - self._token_received_at < CONSUMER_QUIET_AFTER_NEW_TOKEN
+            self._refused_new_tokens = self._refused_new_tokens + 1 if brand_new else 0
+            if self._refused_new_tokens >= REFUSED_NEW_TOKENS_LIMIT:
+                self.rejected_by_consumers = True
+                self._consumer_due = None
+        if self.rejected_by_consumers:
+            return None
+        if self.failures or (self.locked_out and not self.has_refresh_token):
+            return None
+        if self._consumer_due is not None:
+            return self._consumer_due  # one refresh however many report it
+        due = max(now, self._token_received_at + CONSUMER_QUIET_AFTER_NEW_TOKEN,
+                  self._last_consumer_refresh + CONSUMER_MIN_INTERVAL)
+        self._consumer_due = due
+        self._last_consumer_refresh = due
+        self._next_at = min(self._next_at, due)
+        if due > now:
+            self._pending.append(Log("info", "token.refresh_deferred",
+                                     {"reason": reason, "in": round(due - now, 3)}))
+        return due
 
     def forget_refresh_token(self) -> None:
         """The refresh token was revoked or dropped: the next call is a login."""
-        self.has_refresh_token = False
+        self.refresh_id = None
 
     def observe_secret(self, digest: str) -> None:
-        """The secret in use now (re-read before each login and every 30 s)."""
+        """The secret in use now, without effects (tests and start-up)."""
         self.secret_digest = digest
 
     def reset_lockout(self) -> None:
         """SIGHUP: forget the rejection counts, so logins resume (still spaced)."""
         self._rejections.clear()
 
-    def consumer_refresh(self, now: float) -> bool:
-        """A consumer asked for a fresher token. True if a refresh was brought forward to now.
+    def reconfigure(self, now: float, config: PolicyConfig) -> list[Effect]:
+        """SIGHUP kept this target: new settings, lockout and consumer verdict cleared, secret re-read."""
+        self.config = config
+        self.reset_lockout()
+        self.rejected_by_consumers = False
+        self._refused_new_tokens = 0
+        self._next_secret_check = now
+        return self._state_effects(now)
 
-        None within 5 s of a new token, at most one per 10 s, and none while retries are
-        backing off (the keeper is already trying as fast as the backoff allows).
-        """
-        if self.failures or (self.locked_out and not self.has_refresh_token):
-            return False
-        if now - self._token_received_at < CONSUMER_QUIET_AFTER_NEW_TOKEN:
-            return False
-        if now - self._last_consumer_refresh < CONSUMER_MIN_INTERVAL:
-            return False
-        self._last_consumer_refresh = now
-        self._next_at = min(self._next_at, now)
-        return True
+    # -- internals ------------------------------------------------------------------------------
+
+    def _state_effects(self, now: float) -> list[Effect]:
+        state = self.state(now)
+        if state == self._state:
+            return []
+        old, self._state = self._state, state
+        effects: list[Effect] = [StateChanged(old, state)]
+        if state == "degraded" and self.rejected_by_consumers and not self.failures:
+            effects.append(Log("warning", "token.rejected_by_consumers", {
+                "reason": f"consumers reported {REFUSED_NEW_TOKENS_LIMIT} brand-new tokens in a row"
+                          " refused: the upstream issues tokens it does not accept; reports no"
+                          " longer refresh until the next scheduled refresh or SIGHUP"}))
+        return effects
+
+    def _failure_log(self, now: float, operation: Operation, error: UpstreamError) -> Log:
+        action = self.next_action(now)
+        token = self.valid_token(now)
+        fields: dict[str, Any] = {
+            "operation": operation,
+            "outcome": error.outcome,
+            "status": error.status,
+            "errorCode": error.error_code,
+            "message": error.message + (f": {error.detail.message}" if error.detail.message else ""),
+            "remediationMessage": error.detail.remediation_message or remediation(error),
+            "referenceToken": error.detail.reference_token,
+            "consecutive_failures": self.failures,
+            "token_valid_for": token.expires_in(now) if token else 0,
+        }
+        if action.kind == "idle":
+            fields["next"] = "no more logins until the secret changes or SIGHUP"
+        else:
+            fields["next"] = f"{action.kind} in {max(0.0, action.at - now):.1f}s"
+        fields = {k: v for k, v in fields.items() if v is not None}
+        if isinstance(error, CredentialsRejected):
+            return Log("error", "login.rejected", {
+                "rejections": self.rejections(),
+                "max_login_failures": self.config.max_login_failures, **fields})
+        return Log("warning", "token.refresh_failed", fields)
+
+
+def remediation(error: UpstreamError) -> str:
+    """What the operator should do about ``error`` when the upstream did not say."""
+    if isinstance(error, CredentialsRejected):
+        return ("Check the username and secret of this target; tokend logs in again when the"
+                " secret changes or on SIGHUP")
+    if isinstance(error, RefreshTokenGone):
+        return "None needed: tokend logs in again"
+    return "tokend retries with backoff; check that the SDDC Manager is reachable and healthy"
+
+
+def _refused_after_accept(error: UpstreamError) -> bool:
+    """A login answer the upstream sent after taking the credentials, which tokend refused."""
+    status = error.status
+    return isinstance(error, InvalidResponse) and not (status is not None and 300 <= status < 400)
