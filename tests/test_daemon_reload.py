@@ -65,7 +65,8 @@ class StubKeeper:
         self.target = target
         self.name = target.name
         self.metrics = metrics
-        self.policy = SimpleNamespace(secret_digest=read_secret(target.secret).digest)
+        # Like the real keeper: the secret is read once the task runs, not at start().
+        self.policy = SimpleNamespace(secret_digest=None)
         self.first_attempt_done = asyncio.Event()
         self.state = "starting"
         self.running = False
@@ -82,6 +83,10 @@ class StubKeeper:
                                       f" {[k.target.url for k in others]} still ran")
         self.running = True
         self.first_attempt_done.set()
+        asyncio.get_running_loop().call_soon(self._read_secret)
+
+    def _read_secret(self) -> None:
+        self.policy.secret_digest = read_secret(self.target.secret).digest
 
     async def stop(self, revoke: bool) -> None:
         self.stops += 1

@@ -367,7 +367,12 @@ def _same_connection(keeper: Keeper, target: TargetConfig) -> bool:
     old, new = keeper.target.secret, target.secret
     if (old.kind, old.ref) != (new.kind, new.ref):
         return False
+    held = keeper.policy.secret_digest
+    if held is None:
+        # Not read yet (a keeper started by the reload just before this one): it reads the
+        # current secret before its first login, so restarting it would only lose its place.
+        return True
     try:
-        return read_secret(new).digest == keeper.policy.secret_digest
+        return read_secret(new).digest == held
     except ConfigError:
         return False
