@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,8 +191,13 @@ async def start_upstream(fake: FakeSddc, tls: TLS) -> Upstream:
 
 def write_config(workdir: Path, url: str, ca_pem: Path | None, *, target: str = "",
                  server: str = "", extra_targets: str = "", password: str = PASSWORD,
-                 log_level: str = "debug", metrics_listen: str = "") -> Path:
-    """A config for one target ``t1`` (and maybe more); ``target``/``server`` add raw TOML lines."""
+                 log_level: str = "debug", metrics_listen: str = "",
+                 settings: Mapping[str, str] | None = None) -> Path:
+    """A config for one target ``t1`` (and maybe more); ``target``/``server`` add raw TOML lines.
+
+    ``settings`` (key -> TOML value) replaces lines this writes itself, e.g. ``request_timeout``
+    (TOML refuses a key given twice).
+    """
     secret = workdir / "password"
     if not secret.exists():
         secret.touch(mode=0o600)
@@ -221,6 +227,11 @@ def write_config(workdir: Path, url: str, ca_pem: Path | None, *, target: str = 
         {target}
         {extra_targets}
         """)
+    for key, value in (settings or {}).items():
+        line = f"{key} = {value}"
+        text, n = re.subn(rf"(?m)^(\s*){re.escape(key)} = .*$", lambda m: m[1] + line, text,
+                          count=1)
+        assert n == 1, f"{key} is not a line of the harness config"
     path = workdir / "config.toml"
     path.write_text(text)
     path.chmod(0o600)

@@ -2,8 +2,16 @@
 
 Start order: lock and bind the socket first (a second tokend must fail before it touches the
 upstream), then the keepers, then the listeners; READY=1 once every keeper has a token or has
-finished its first attempt. Shutdown runs in reverse: stop accepting, let in-flight requests finish,
-stop the keepers (revoking if configured), remove the socket, release the lock.
+finished its first attempt. Shutdown runs in reverse: stop accepting and let in-flight requests
+finish while a reload under way completes, stop the keepers (revoking if configured), remove the
+socket, release the lock.
+
+Reloads (SPEC §8.7) run one at a time in one task the daemon owns; SIGHUP only asks for one. A
+reload is prepare (load and check everything, build the new keepers without starting them), commit
+(retire the keepers that go, then start their successors) and log. Two rules keep every keeper
+accounted for, whenever a reload is interrupted: a keeper is started only in the same step that puts
+it into ``keepers``, and one leaves ``keepers`` only once it has stopped. So shutdown, which first
+ends the reload task and then stops a snapshot of ``keepers``, stops every keeper that ever ran.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import signal
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +34,28 @@ from tokend.filesink import TokenFile
 from tokend.keeper import Keeper
 from tokend.listen import SocketLock, activated_socket, bind_unix
 from tokend.logs import configure, get_logger
-from tokend.metrics import Metrics
+from tokend.metrics import Metrics, TargetMetrics
+from tokend.schedule import State
 from tokend.secrets import read_secret
 from tokend.server import IDLE_TIMEOUT, GatedUnixSite, PeerGate, metrics_app, socket_app
 from tokend.systemd import Notifier
 
 SHUTDOWN_GRACE = 5.0
 STATUS_INTERVAL = 5.0
+# A reload under way at SIGTERM may be revoking a retired keeper's refresh token, a call bounded by
+# its request_timeout; shutdown waits that long for it, plus this for the bookkeeping around it.
+RELOAD_GRACE = 0.5
 log = get_logger()
+
+
+@dataclass
+class ReloadPlan:
+    """What a reload will do, decided before anything changes."""
+
+    config: Config
+    kept: list[TargetConfig] = field(default_factory=list)  # same connection: keep the token
+    fresh: dict[str, Keeper] = field(default_factory=dict)  # built, not started
+    removed: list[str] = field(default_factory=list)  # names no longer configured
 
 
 class Daemon:
@@ -48,12 +71,18 @@ class Daemon:
         self._lock: SocketLock | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._reload_wanted = asyncio.Event()
+        self._reload_idle = asyncio.Event()
+        self._reload_idle.set()
+        self._reload_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._retiring: set[Keeper] = set()
 
     # -- what the servers read ------------------------------------------------------------------
 
     def healthy(self, now: float) -> bool:
         """True while no keeper is stuck (a keeper idle on purpose is healthy)."""
-        return not any(k.stuck(now) for k in self.keepers.values())
+        return not any(k.stuck(now) for k in self.keepers.values() if k not in self._retiring)
 
     def ready(self, now: float, target: str | None) -> bool:
         """True when every target (or ``target``) holds a valid token."""
@@ -103,9 +132,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        self._reload_task = asyncio.create_task(self._reloads(), name="reloads")
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for target in self.config.targets:
-            self._start_keeper(target)
+            self._warn_tls(target)
+            self._start(Keeper(target, self.metrics.target(target.name)))
         runner = web.AppRunner(socket_app(self), access_log=None, handle_signals=False,
                                shutdown_timeout=SHUTDOWN_GRACE, keepalive_timeout=IDLE_TIMEOUT)
         await runner.setup()
@@ -134,10 +165,10 @@ class Daemon:
         self.notifier.send("STOPPING=1")
         for task in self._tasks:
             task.cancel()
-        # Sites close first (no new connections), then in-flight requests get SHUTDOWN_GRACE.
-        for runner in self._runners:
-            await runner.cleanup()
-        for keeper in self.keepers.values():
+        # The listeners close while a reload under way finishes: neither touches the other, and
+        # the keepers are stopped only when no reload can change ``keepers`` any more.
+        await asyncio.gather(self._close_listeners(), self._stop_reloads())
+        for keeper in list(self.keepers.values()):
             await keeper.stop(revoke=keeper.target.revoke_on_exit)
         if self._socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
@@ -146,13 +177,21 @@ class Daemon:
             self._lock.release()
         log.info("daemon.stopped")
 
-    def _start_keeper(self, target: TargetConfig) -> None:
+    async def _close_listeners(self) -> None:
+        """Sites close first (no new connections), then in-flight requests get SHUTDOWN_GRACE."""
+        for runner in self._runners:
+            await runner.cleanup()
+
+    def _start(self, keeper: Keeper) -> None:
+        """Make ``keeper`` its target's keeper and start it, in one step (nothing runs unlisted)."""
+        self.keepers[keeper.name] = keeper
+        keeper.start()
+
+    @staticmethod
+    def _warn_tls(target: TargetConfig) -> None:
         if not target.verify_tls and not target.tls_fingerprint:
             log.warning("tls.verification_disabled", target=target.name,
                         remediation="set ca_file or tls_fingerprint and remove verify_tls = false")
-        keeper = Keeper(target, self.metrics.target(target.name))
-        self.keepers[target.name] = keeper
-        keeper.start()
 
     async def _systemd(self) -> None:
         """READY=1 after every first attempt, then STATUS= and WATCHDOG=1 while healthy."""
@@ -185,22 +224,105 @@ class Daemon:
     # -- SIGHUP ---------------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Reload config and secrets; keep the running config if the new one fails to load."""
-        asyncio.get_running_loop().create_task(self._reload(), name="reload")
+        """Ask for a reload of config and secrets (SIGHUP); the reload task runs it.
+
+        Asking while a reload runs gets exactly one more reload after it, however often one asks.
+        """
+        self._reload_wanted.set()
+
+    async def _reloads(self) -> None:
+        """The one task that reloads, one reload at a time, until shutdown ends it."""
+        while not self._closing:
+            await self._reload_wanted.wait()
+            if self._closing:
+                return
+            self._reload_wanted.clear()
+            self._reload_idle.clear()
+            try:
+                await self._reload()
+            except Exception as exc:  # a bug must not end reloading
+                self.metrics.config_reload_ok.set(0)
+                log.error("config.reload_failed", key="",
+                          error=f"internal error ({type(exc).__name__})",
+                          action="see the traceback; send SIGHUP again to retry", exc_info=exc)
+            finally:
+                self._reload_idle.set()
+
+    async def _stop_reloads(self) -> None:
+        """Let a reload under way finish (bounded by the largest request_timeout), then end the task."""
+        task, self._reload_task = self._reload_task, None
+        if task is None:
+            return
+        self._closing = True
+        if not self._reload_idle.is_set():
+            timeouts = [t.request_timeout for t in self.config.targets]
+            timeouts += [k.target.request_timeout for k in self.keepers.values()]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_idle.wait(), max(timeouts, default=0.0)
+                                       + RELOAD_GRACE)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _reload(self) -> None:
+        """Prepare, commit, log: a config that fails to prepare changes nothing."""
         try:
-            new = load_config(self.config.path)
-            for target in new.targets:
-                read_secret(target.secret)
-                if target.file_sink is not None:  # a sink that would fail must fail the reload
-                    TokenFile(target.file_sink, f"file_sink of target '{target.name}'").check()
+            plan = self._prepare()
         except ConfigError as exc:
             self.metrics.config_reload_ok.set(0)
             log.error("config.reload_failed", key=exc.key, error=str(exc),
                       action="the running configuration is kept")
             return
+        await self._commit(plan)
+        self.metrics.config_reload_ok.set(1)
+        log.info("config.reloaded", kept=[t.name for t in plan.kept], restarted=list(plan.fresh),
+                 removed=plan.removed)
+
+    def _prepare(self) -> ReloadPlan:
+        """Load and check the config, read every secret, build (not start) the new keepers.
+
+        Raises ConfigError, having changed nothing, when any of it fails.
+        """
+        new = load_config(self.config.path)
+        for target in new.targets:
+            read_secret(target.secret)
+            if target.file_sink is not None:  # a sink that would fail must fail the reload
+                TokenFile(target.file_sink, f"file_sink of target '{target.name}'").check()
+        plan = ReloadPlan(new, removed=[n for n in self.keepers if new.target(n) is None])
+        for index, target in enumerate(new.targets):
+            old = self.keepers.get(target.name)
+            if old is not None and _same_connection(old, target):
+                plan.kept.append(target)
+                continue
+            try:
+                plan.fresh[target.name] = Keeper(target, self.metrics.target(target.name))
+            except (ConfigError, OSError, ValueError) as exc:
+                self._discard(plan)
+                key = exc.key if isinstance(exc, ConfigError) else f"targets[{index}]"
+                raise ConfigError(key, f"cannot set up target '{target.name}': {exc}",
+                                  "fix it and send SIGHUP again") from None
+        return plan
+
+    def _discard(self, plan: ReloadPlan) -> None:
+        """Undo building ``plan``'s keepers: they never ran; their targets' series go back."""
+        now = time.monotonic()
+        for name in plan.fresh:
+            old = self.keepers.get(name)
+            if old is None:
+                self.metrics.remove_target(name)
+            else:
+                _show(old.metrics, old.state, old.current(now) is not None)
+        plan.fresh.clear()
+
+    async def _commit(self, plan: ReloadPlan) -> None:
+        """Retire the keepers that go, then start their successors; kept ones take new settings.
+
+        A replaced keeper is stopped (revoking, if configured) before its successor starts, so it
+        makes no upstream call after that. The retired ones stop together: SIGTERM waits for the
+        slowest, not for their sum.
+        """
         old = self.config
+        new = plan.config
         if new.server.socket != old.server.socket or new.metrics != old.metrics or (
                 new.server.socket_mode, new.server.socket_group) != (
                 old.server.socket_mode, old.server.socket_group):
@@ -209,24 +331,33 @@ class Daemon:
                                " a restart; the other settings apply now")
         configure(new.log.level, new.log.format)
         self.config = new
-        kept, started, removed = [], [], []
-        for name in [n for n in self.keepers if new.target(n) is None]:
-            keeper = self.keepers.pop(name)
-            await keeper.stop(revoke=keeper.target.revoke_on_exit)
+        retiring = [self.keepers[n] for n in [*plan.removed, *plan.fresh] if n in self.keepers]
+        # Each stays in ``keepers`` (serving what it holds) until it has stopped; a successor then
+        # takes its place in the same step as it starts. A stopped keeper is not stuck: health
+        # does not look at the retiring ones.
+        self._retiring.update(retiring)
+        results = await asyncio.gather(*(k.stop(revoke=k.target.revoke_on_exit) for k in retiring),
+                                       return_exceptions=True)
+        self._retiring.difference_update(retiring)
+        for name in plan.removed:
+            del self.keepers[name]
             self.metrics.remove_target(name)
-            removed.append(name)
-        for target in new.targets:
-            keeper_or_none = self.keepers.get(target.name)
-            if keeper_or_none is not None and _same_connection(keeper_or_none, target):
-                keeper_or_none.reconfigure(target)
-                kept.append(target.name)
-                continue
-            if keeper_or_none is not None:
-                await keeper_or_none.stop(revoke=keeper_or_none.target.revoke_on_exit)
-            self._start_keeper(target)
-            started.append(target.name)
-        self.metrics.config_reload_ok.set(1)
-        log.info("config.reloaded", kept=kept, restarted=started, removed=removed)
+        for target in plan.kept:
+            self.keepers[target.name].reconfigure(target)
+        for keeper in plan.fresh.values():
+            # The retired keeper's last writes to the target's series are not the new one's state.
+            _show(keeper.metrics, "starting", False)
+            self._warn_tls(keeper.target)
+            self._start(keeper)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:  # the swap is done whatever failed; the failure is a bug to be logged
+            raise errors[0]
+
+
+def _show(metrics: TargetMetrics, state: State, valid: bool) -> None:
+    """Set a target's state and validity series."""
+    metrics.set_state(state)
+    metrics.valid.set(1 if valid else 0)
 
 
 def _same_connection(keeper: Keeper, target: TargetConfig) -> bool:
@@ -236,7 +367,12 @@ def _same_connection(keeper: Keeper, target: TargetConfig) -> bool:
     old, new = keeper.target.secret, target.secret
     if (old.kind, old.ref) != (new.kind, new.ref):
         return False
+    held = keeper.policy.secret_digest
+    if held is None:
+        # Not read yet (a keeper started by the reload just before this one): it reads the
+        # current secret before its first login, so restarting it would only lose its place.
+        return True
     try:
-        return read_secret(new).digest == keeper.policy.secret_digest
+        return read_secret(new).digest == held
     except ConfigError:
         return False

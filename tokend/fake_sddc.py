@@ -10,9 +10,9 @@ It follows the vendor's OpenAPI extract (``shared/sddc-manager-tokens.openapi.js
 - ``GET /v1/domains`` answers a one-domain ``PageOfDomain`` to a valid bearer token, else 401.
 
 Failures are ``Error`` objects shaped like the vendor's. :class:`Faults` makes the fake misbehave on
-demand (errors, outages, delays, dropped connections, redirects, malformed answers, clock skew) so
-tests can drive a client through every path. It is used by ``tokend demo``, ``tokend fake-sddc`` and
-the tests. Not safe across threads: one event loop owns it.
+demand (errors, outages, delays, dropped connections, redirects, malformed answers, odd claims and
+TokenPair shapes, clock skew) so tests can drive a client through every path. It is used by
+``tokend demo``, ``tokend fake-sddc`` and the tests. Not safe across threads: one event loop owns it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import datetime
 import email.utils
 import ipaddress
 import json
+import math
 import os
 import secrets
 import ssl
@@ -40,7 +41,13 @@ Operation = Literal["login", "refresh", "revoke", "domains"]
 FaultTarget = Literal["login", "refresh", "revoke", "domains", "any"]
 BodyForm = Literal["json_string", "bare"]
 MalformedKind = Literal[
-    "not_json", "not_jwt", "no_exp", "expired", "iat_future", "missing_fields", "wrong_types"
+    "not_json", "not_jwt", "no_exp", "expired", "iat_future", "missing_fields", "wrong_types",
+    # odd `exp` claims (SPEC §8.1): a lifetime to cap, or a claim that is no number
+    "exp_milliseconds", "exp_after_9999", "exp_string", "exp_true", "exp_1e308",
+    # TokenPair shapes (SPEC §8.2): the refresh id as a bare string, or none at all (login only)
+    "refresh_id_bare", "refresh_id_absent",
+    # the access token's text: whitespace around it (fine once trimmed), a newline inside it
+    "token_padded", "token_newline",
 ]
 DropWhen = Literal["headers", "no_response"]
 
@@ -51,6 +58,13 @@ AUDIENCE = "sddc-services"
 SCOPE = ["ADMIN", "OPERATOR", "VIEWER"]
 API_KEY_USER = "automation@vsphere.local"
 UNAUTHORIZED_MESSAGE = "Authorization Header is missing or not in correct format"
+# 10000-01-01T00:00:00Z: the first NumericDate past year 9999 (Python's datetime ends before it).
+YEAR_10000 = 253402300800
+# Kinds whose access token carries a claim tokend must cope with; the fake issues it like any other
+# (it is in ``issued_access_tokens``, so leak checks look for it).
+ODD_CLAIM_KINDS: frozenset[str] = frozenset(
+    {"exp_milliseconds", "exp_after_9999", "exp_string", "exp_true", "exp_1e308"}
+)
 
 _REFERENCE_ALPHABET = string.ascii_uppercase + string.digits
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,6 +109,14 @@ class CallRecord:
     body_form: BodyForm | None
     request_body: bytes
     request_headers: dict[str, str]
+
+    @property
+    def refresh_id(self) -> str | None:
+        """The refresh token id a refresh or revoke call named, in either body form."""
+        if self.body_form is None:
+            return None
+        text = self.request_body.decode(errors="replace")
+        return str(json.loads(text)) if self.body_form == "json_string" else text.strip()
 
 
 @dataclass
@@ -187,6 +209,16 @@ class Faults:
         ``not_json``: an HTML body; ``not_jwt``: access token ``"not-a-jwt"``; ``no_exp``: a JWT without
         ``exp``; ``expired``: ``exp`` in the past; ``iat_future``: ``iat`` an hour ahead;
         ``missing_fields``: ``{}``; ``wrong_types``: the access token is a number.
+
+        Odd claims, each in an access token the fake issues (recorded in ``issued_access_tokens``):
+        ``exp_milliseconds``: ``exp`` is ``iat * 1000``; ``exp_after_9999``: ``exp`` an hour past
+        year 9999 (:data:`YEAR_10000` + 3600); ``exp_string``: ``exp`` as a JSON string of the usual
+        number; ``exp_true``: ``exp`` is ``true``; ``exp_1e308``: ``exp`` is ``1e308``.
+
+        TokenPair shapes (a refresh answers its usual token for these): ``refresh_id_bare``:
+        ``"refreshToken": "<id>"``, a working id; ``refresh_id_absent``: no ``refreshToken``.
+        ``token_padded``: a valid token with whitespace around it (``" \\t<jwt>\\r\\n"``);
+        ``token_newline``: a valid token with a newline after its first dot.
         """
         self.queue.append(_Fault(operation, "malformed", count, malformed=kind))
 
@@ -270,6 +302,10 @@ class FakeSddc:
             1 for c in self.calls if c.operation == operation and (status is None or c.status == status)
         )
 
+    def calls_of(self, operation: Operation, status: int | None = None) -> list[CallRecord]:
+        """The calls of ``operation`` (answered with ``status``, if given), oldest first."""
+        return [c for c in self.calls if c.operation == operation and (status is None or c.status == status)]
+
     @property
     def refresh_ids(self) -> set[str]:
         """The refresh token ids that are currently valid (issued, unexpired, not revoked)."""
@@ -317,16 +353,31 @@ class FakeSddc:
         }
         if kind == "no_exp":
             del claims["exp"]
+        elif kind == "exp_milliseconds":
+            claims["exp"] = iat * 1000
+        elif kind == "exp_after_9999":
+            claims["exp"] = YEAR_10000 + 3600
+        elif kind == "exp_string":
+            claims["exp"] = str(claims["exp"])
+        elif kind == "exp_true":
+            claims["exp"] = True
+        elif kind == "exp_1e308":
+            claims["exp"] = 1e308
         return claims
 
     def _sign(self, claims: Mapping[str, Any]) -> str:
         return jwt.encode(dict(claims), self._secret, algorithm="HS256")
 
-    def _issue_access_token(self, user: str) -> str:
-        """A new valid access token for ``user``, remembered for ``GET /v1/domains``."""
-        claims = self._claims(user)
+    def _issue_access_token(self, user: str, kind: MalformedKind | None = None) -> str:
+        """A new access token for ``user`` (with the odd claim of ``kind``, if given), remembered.
+
+        ``GET /v1/domains`` accepts it until its ``exp``, when that is a finite number.
+        """
+        claims = self._claims(user, kind)
         token = self._sign(claims)
-        self._access_exp[token] = float(claims["exp"])
+        exp = claims["exp"]
+        if isinstance(exp, int | float) and not isinstance(exp, bool) and math.isfinite(exp):
+            self._access_exp[token] = float(exp)
         self.issued_access_tokens.append(token)
         return token
 
@@ -353,6 +404,16 @@ class FakeSddc:
             return "not-a-jwt"
         if kind == "wrong_types":
             return 12345
+        if kind in ODD_CLAIM_KINDS:
+            return self._issue_access_token(user, kind)
+        if kind in ("refresh_id_bare", "refresh_id_absent"):
+            return self._issue_access_token(user)
+        if kind == "token_padded":
+            return f" \t{self._issue_access_token(user)}\r\n"
+        if kind == "token_newline":
+            token = self._issue_access_token(user)
+            cut = token.index(".") + 1
+            return f"{token[:cut]}\n{token[cut:]}"
         return self._sign(self._claims(user, kind))
 
     # -- request plumbing -----------------------------------------------------------------------
@@ -462,10 +523,11 @@ class FakeSddc:
             return web.Response(status=201, text="<html>oops", content_type="text/html")
         if kind == "missing_fields":
             return _json_response({}, 201)
-        pair = {
-            "accessToken": self._malformed_token(user, kind),
-            "refreshToken": {"id": self._issue_refresh_id(user)},
-        }
+        pair: dict[str, Any] = {"accessToken": self._malformed_token(user, kind)}
+        if kind == "refresh_id_bare":
+            pair["refreshToken"] = self._issue_refresh_id(user)
+        elif kind != "refresh_id_absent":
+            pair["refreshToken"] = {"id": self._issue_refresh_id(user)}
         return _json_response(pair, 201)
 
     async def _refresh_access(self, request: web.Request) -> web.StreamResponse:

@@ -35,6 +35,9 @@ IDLE_TIMEOUT = 10.0
 # Open connections of one uid, and in all: one uid cannot starve another, nor tokend of descriptors.
 MAX_CONNECTIONS_PER_UID = 128  # a host's automation, 100 workers under one account, fits
 MAX_CONNECTIONS = 512  # well inside the usual 1024 descriptors
+# Every 503 tokend generates says when to ask again (SPEC §8.6); a probe's answer can change at the
+# keepers' next step, and the systemd STATUS= lines are sent at this interval too.
+PROBE_RETRY_AFTER = 5
 log = get_logger()
 
 
@@ -194,9 +197,15 @@ async def _status(request: web.Request, hub: Hub) -> web.Response:
     return web.json_response(hub.status())
 
 
+def _probe_answer(ok: bool, good: str, bad: str) -> web.Response:
+    """A probe's plain-text answer: 200 ``good``, or 503 ``bad`` with ``Retry-After``."""
+    if ok:
+        return web.Response(text=good)
+    return web.Response(status=503, text=bad, headers={"Retry-After": str(PROBE_RETRY_AFTER)})
+
+
 async def _healthz(request: web.Request, hub: Hub) -> web.Response:
-    ok = hub.healthy(time.monotonic())
-    return web.Response(status=200 if ok else 503, text="ok\n" if ok else "unhealthy\n")
+    return _probe_answer(hub.healthy(time.monotonic()), "ok\n", "unhealthy\n")
 
 
 async def _readyz_socket(request: web.Request, hub: Hub) -> web.Response:
@@ -205,7 +214,8 @@ async def _readyz_socket(request: web.Request, hub: Hub) -> web.Response:
         raise ServeError(404, "TARGET_NOT_FOUND", f"no target named '{target[:100]}'")
     if hub.ready(time.monotonic(), target):
         return web.Response(text="ready\n")
-    return web.json_response(hub.status(), status=503, headers={"Retry-After": "5"})
+    return web.json_response(hub.status(), status=503,
+                             headers={"Retry-After": str(PROBE_RETRY_AFTER)})
 
 
 # -- accepting connections ---------------------------------------------------------------------
@@ -282,8 +292,9 @@ class _Handler(RequestHandler):
             self._hub.metrics.requests.counts["bad_request"] += 1
             log.debug("request.malformed", status=status, error=str(message or exc)[:200])
             code, text = "BAD_REQUEST", f"malformed HTTP request ({message or exc})"[:300]
+        headers = {"Retry-After": str(PROBE_RETRY_AFTER)} if status == 503 else None
         response = web.Response(status=status, body=error_body(code, text),
-                                content_type="application/json")
+                                content_type="application/json", headers=headers)
         response.force_close()
         return response
 
@@ -375,5 +386,4 @@ async def _readyz_tcp(request: web.Request) -> web.Response:
     target = request.query.get("target")
     if target is not None and target not in hub.keepers:
         return web.Response(status=404, text="unknown target\n")
-    ok = hub.ready(time.monotonic(), target)
-    return web.Response(status=200 if ok else 503, text="ready\n" if ok else "not ready\n")
+    return _probe_answer(hub.ready(time.monotonic(), target), "ready\n", "not ready\n")
