@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _seconds(text: str) -> float:
-    from tokend.config import parse_duration
+    from tokend.values import parse_duration
 
     try:
         return parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text, "value")

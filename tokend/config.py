@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
-import math
 import os
 import re
 import stat
@@ -24,6 +23,23 @@ from tokend import DEFAULT_SOCKET
 from tokend.errors import ConfigError
 from tokend.secrets import Secret, SecretSource, check_secret_value, read_secret
 from tokend.trust import ca_context, read_ca_file
+from tokend.values import (
+    DURATION_FIX,
+    as_abs_path,
+    as_bool,
+    as_choice,
+    as_group_name,
+    as_id_set,
+    as_int,
+    as_mode,
+    as_number,
+    as_string,
+    format_duration,
+    normalise_fingerprint,
+    parse_duration,
+    quoted,
+    type_name,
+)
 
 
 @dataclass(frozen=True)
@@ -148,54 +164,15 @@ SINK_FORMATS = ("raw", "json")
 _NAME_RE = re.compile(r"[a-z0-9_.-]+")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
-_MODE_RE = re.compile(r"(?:0o)?([0-7]{1,4})")
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-_HEX_FINGERPRINT_RE = re.compile(r"[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}")
 
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_FIX = 'use a number with a unit, e.g. "500ms", "30s", "5m", "1h", or a number of seconds'
 # The longest a Unix socket path can be (sun_path is 108 bytes including the terminating NUL).
 _MAX_SOCKET_PATH = 107
 _MAX_DURATION = 86400.0
 
 
 # --- public API -------------------------------------------------------------------------------
-
-
-def parse_duration(value: object, key: str) -> float:
-    """Seconds from ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"2h30m"`` or a number of seconds.
-
-    Negative, infinite and NaN values are refused; whether zero makes sense is the caller's call.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(key, f"expected a duration, got {_type_name(value)}", _DURATION_FIX)
-    if isinstance(value, str):
-        seconds = _parse_duration_text(value, key)
-    else:
-        try:
-            seconds = float(value)
-        except OverflowError:
-            raise ConfigError(key, f"{value} seconds is out of range", _DURATION_FIX) from None
-    if not math.isfinite(seconds):
-        raise ConfigError(key, f"{value!r} is not a finite duration", _DURATION_FIX)
-    if seconds < 0:
-        raise ConfigError(key, f"{value!r} is negative", "use a duration of zero or more")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """``seconds`` the way a person would write it in the config: ``"500ms"``, ``"5m"``, ``"1h30m"``."""
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    whole = int(seconds)
-    if whole != seconds:
-        return f"{seconds:g}s"
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
-    return "".join(parts)
 
 
 def load_config(path: str | Path) -> Config:
@@ -285,28 +262,28 @@ def describe(config: Config) -> list[str]:
 def _parse_server(data: Mapping[str, object], targets: Sequence[TargetConfig]) -> ServerConfig:
     socket = Path(DEFAULT_SOCKET)
     if "socket" in data:
-        socket = _abs_path(data["socket"], "server.socket")
+        socket = as_abs_path(data["socket"], "server.socket")
         if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
             raise ConfigError(
                 "server.socket", f"longer than {_MAX_SOCKET_PATH} bytes, the limit of a Unix socket",
                 "use a shorter path, e.g. /run/tokend/tokend.sock",
             )
-    socket_mode = _mode(data["socket_mode"], "server.socket_mode") if "socket_mode" in data \
+    socket_mode = as_mode(data["socket_mode"], "server.socket_mode") if "socket_mode" in data \
         else 0o660
-    group = _name_string(data["socket_group"], "server.socket_group") if "socket_group" in data \
+    group = as_group_name(data["socket_group"], "server.socket_group") if "socket_group" in data \
         else None
-    uids = _id_list(data.get("allowed_uids", []), "server.allowed_uids")
-    gids = _id_list(data.get("allowed_gids", []), "server.allowed_gids")
+    uids = as_id_set(data.get("allowed_uids", []), "server.allowed_uids")
+    gids = as_id_set(data.get("allowed_gids", []), "server.allowed_gids")
     names = [t.name for t in targets]
     default: str | None = None
     if "default_target" in data:
-        default = _string(data["default_target"], "server.default_target")
+        default = as_string(data["default_target"], "server.default_target")
         if default not in names:
             raise ConfigError("server.default_target", f"no target is named {default!r}",
-                              f"use one of {_quoted(names)}")
+                              f"use one of {quoted(names)}")
     elif len(targets) > 1:
         raise ConfigError("server.default_target", "required when there are two or more targets",
-                          f"set it to one of {_quoted(names)}")
+                          f"set it to one of {quoted(names)}")
     return ServerConfig(
         socket=socket, socket_mode=socket_mode, socket_group=group, allowed_uids=uids,
         allowed_gids=gids, default_target=default,
@@ -318,7 +295,7 @@ def _parse_metrics(data: Mapping[str, object]) -> MetricsConfig:
     if "listen" not in data:
         return MetricsConfig()
     key = "metrics.listen"
-    listen = _string(data["listen"], key)
+    listen = as_string(data["listen"], key)
     if listen == "":
         return MetricsConfig(host=None)
     fix = 'write HOST:PORT, e.g. "127.0.0.1:9464" or "[::1]:9464"; "" disables metrics'
@@ -344,8 +321,8 @@ def _parse_metrics(data: Mapping[str, object]) -> MetricsConfig:
 
 
 def _parse_log(data: Mapping[str, object]) -> LogConfig:
-    level = _choice(data.get("level", "info"), "log.level", LOG_LEVELS)
-    fmt = _choice(data.get("format", "auto"), "log.format", LOG_FORMATS)
+    level = as_choice(data.get("level", "info"), "log.level", LOG_LEVELS)
+    fmt = as_choice(data.get("format", "auto"), "log.format", LOG_FORMATS)
     return LogConfig(
         level=cast(Literal["debug", "info", "warning", "error"], level),
         format=cast(Literal["json", "console", "auto"], fmt),
@@ -360,7 +337,7 @@ def _parse_targets(value: object, path: Path, file_mode: int) -> tuple[TargetCon
         raise ConfigError("targets", "expected an array of tables, got table",
                           "write [[targets]], with double brackets")
     if not isinstance(value, list):
-        raise ConfigError("targets", f"expected an array of tables, got {_type_name(value)}",
+        raise ConfigError("targets", f"expected an array of tables, got {type_name(value)}",
                           "write a [[targets]] table for each SDDC Manager")
     targets: list[TargetConfig] = []
     seen_names: dict[str, str] = {}
@@ -368,7 +345,7 @@ def _parse_targets(value: object, path: Path, file_mode: int) -> tuple[TargetCon
     for i, item in enumerate(value):
         prefix = f"targets[{i}]"
         if not isinstance(item, dict):
-            raise ConfigError(prefix, f"expected a table, got {_type_name(item)}",
+            raise ConfigError(prefix, f"expected a table, got {type_name(item)}",
                               "write each target as a [[targets]] table")
         target = _parse_target(item, prefix, path, file_mode)
         if target.name in seen_names:
@@ -398,7 +375,7 @@ def _parse_target(data: Mapping[str, object], prefix: str, path: Path,
         if required not in data:
             example = '"sfo-vcf01"' if required == "name" else '"https://sddc-manager.example.com"'
             raise ConfigError(k(required), "missing", f"add {required} = {example}")
-    name = _string(data["name"], k("name"))
+    name = as_string(data["name"], k("name"))
     if not _NAME_RE.fullmatch(name) or set(name) == {"."}:
         raise ConfigError(k("name"), f"{name!r} is not a valid target name",
                           "use lower-case letters, digits, '-', '_' and '.' only")
@@ -410,7 +387,7 @@ def _parse_target(data: Mapping[str, object], prefix: str, path: Path,
         if "username" not in data:
             raise ConfigError(k("username"), f"required with {password.key.rpartition('.')[2]}",
                               'add username = "administrator@vsphere.local"')
-        username = _string(data["username"], k("username"))
+        username = as_string(data["username"], k("username"))
         if username == "" or username != username.strip():
             raise ConfigError(k("username"), "empty or with surrounding spaces",
                               "write the user name exactly")
@@ -420,7 +397,7 @@ def _parse_target(data: Mapping[str, object], prefix: str, path: Path,
 
     ca_file = _ca_file(data["ca_file"], k("ca_file")) if "ca_file" in data else None
     pins = _fingerprints(data.get("tls_fingerprint", []), k("tls_fingerprint"))
-    verify_tls = _bool(data.get("verify_tls", True), k("verify_tls"))
+    verify_tls = as_bool(data.get("verify_tls", True), k("verify_tls"))
     if ca_file is not None and pins:
         raise ConfigError(
             k("ca_file"),
@@ -432,11 +409,11 @@ def _parse_target(data: Mapping[str, object], prefix: str, path: Path,
         raise ConfigError(k("ca_file"), "has no effect with verify_tls = false",
                           "remove ca_file, or verify_tls = false")
 
-    refresh_at = _number(data.get("refresh_at", 0.7), k("refresh_at"))
+    refresh_at = as_number(data.get("refresh_at", 0.7), k("refresh_at"))
     if not 0 < refresh_at < 1:
         raise ConfigError(k("refresh_at"), f"{refresh_at!r} is not between 0 and 1 (exclusive)",
                           "use a fraction of the token lifetime, e.g. 0.7")
-    jitter = _number(data.get("jitter", 0.05), k("jitter"))
+    jitter = as_number(data.get("jitter", 0.05), k("jitter"))
     if not 0 <= jitter < 0.5:
         raise ConfigError(k("jitter"), f"{jitter!r} is not in [0, 0.5)",
                           "use a small fraction of the token lifetime, e.g. 0.05")
@@ -446,7 +423,7 @@ def _parse_target(data: Mapping[str, object], prefix: str, path: Path,
             "lower jitter, or move refresh_at away from 0 and 1",
         )
 
-    max_login_failures = _int(data.get("max_login_failures", 3), k("max_login_failures"))
+    max_login_failures = as_int(data.get("max_login_failures", 3), k("max_login_failures"))
     if max_login_failures < 1:
         raise ConfigError(k("max_login_failures"), f"{max_login_failures} is less than 1",
                           "use 1 or more (vCenter SSO locks an account after 5 failures)")
@@ -466,14 +443,14 @@ def _parse_target(data: Mapping[str, object], prefix: str, path: Path,
         max_backoff=_positive_duration(data, "max_backoff", prefix, 300.0),
         max_login_failures=max_login_failures,
         login_retry_interval=_positive_duration(data, "login_retry_interval", prefix, 60.0),
-        revoke_on_exit=_bool(data.get("revoke_on_exit", False), k("revoke_on_exit")),
+        revoke_on_exit=as_bool(data.get("revoke_on_exit", False), k("revoke_on_exit")),
         file_sink=_file_sink(data["file_sink"], k("file_sink")) if "file_sink" in data else None,
         max_token_lifetime=_positive_duration(data, "max_token_lifetime", prefix, 7200.0),
     )
 
 
 def _parse_url(value: object, key: str) -> str:
-    text = _string(value, key)
+    text = as_string(value, key)
     fix = 'use the SDDC Manager base URL, e.g. "https://sfo-vcf01.rainpole.io"'
     if text != text.strip() or any(c.isspace() or ord(c) < 32 for c in text):
         raise ConfigError(key, "contains spaces or control characters", fix)
@@ -517,21 +494,21 @@ def _parse_secret_source(
     value = data[name]
     source: SecretSource
     if name.endswith("_file"):
-        source = SecretSource("file", str(_abs_path(value, key)), key)
+        source = SecretSource("file", str(as_abs_path(value, key)), key)
     elif name.endswith("_env"):
-        var = _string(value, key)
+        var = as_string(value, key)
         if not _ENV_NAME_RE.fullmatch(var):
             raise ConfigError(key, f"{var!r} is not an environment variable name",
                               "use letters, digits and '_', e.g. TOKEND_PASSWORD")
         source = SecretSource("env", var, key)
     elif name.endswith("_credential"):
-        cred = _string(value, key)
+        cred = as_string(value, key)
         if cred in ("", ".", "..") or "/" in cred or "\0" in cred:
             raise ConfigError(key, f"{cred!r} is not a credential name",
                               "use the plain name given to LoadCredential= in the unit")
         source = SecretSource("credential", cred, key)
     else:
-        literal = _string(value, key)
+        literal = as_string(value, key)
         if file_mode & 0o777 not in (0o600, 0o400):
             file_key = name + "_file"
             raise ConfigError(
@@ -549,27 +526,27 @@ def _parse_secret_source(
 
 def _file_sink(value: object, key: str) -> FileSink:
     if not isinstance(value, dict):
-        raise ConfigError(key, f"expected a table, got {_type_name(value)}",
+        raise ConfigError(key, f"expected a table, got {type_name(value)}",
                           'write file_sink = { path = "/run/tokend/NAME.token" }')
     _check_keys(value, key, FILE_SINK_KEYS)
     if "path" not in value:
         raise ConfigError(f"{key}.path", "missing", 'add path = "/run/tokend/NAME.token"')
-    path = _abs_path(value["path"], f"{key}.path")
-    mode = _mode(value.get("mode", "0600"), f"{key}.mode")
+    path = as_abs_path(value["path"], f"{key}.path")
+    mode = as_mode(value.get("mode", "0600"), f"{key}.mode")
     if mode & 0o007:
         raise ConfigError(f"{key}.mode", f"{mode:04o} lets every local user read the token",
                           'use "0600", or "0640" with group')
-    group = _name_string(value["group"], f"{key}.group") if "group" in value else None
-    fmt = _choice(value.get("format", "raw"), f"{key}.format", SINK_FORMATS)
+    group = as_group_name(value["group"], f"{key}.group") if "group" in value else None
+    fmt = as_choice(value.get("format", "raw"), f"{key}.format", SINK_FORMATS)
     return FileSink(
         path=path, mode=mode, group=group, format=cast(Literal["raw", "json"], fmt),
-        keep_on_exit=_bool(value.get("keep_on_exit", False), f"{key}.keep_on_exit"),
+        keep_on_exit=as_bool(value.get("keep_on_exit", False), f"{key}.keep_on_exit"),
     )
 
 
 def _ca_file(value: object, key: str) -> Path:
     """An absolute path to a CA file that loads now, the way the upstream client will load it."""
-    path = _abs_path(value, key)
+    path = as_abs_path(value, key)
     ca_context(read_ca_file(path, key), path, key)
     return path
 
@@ -581,33 +558,14 @@ def _fingerprints(value: object, key: str) -> tuple[str, ...]:
     elif isinstance(value, list):
         items = [(v, f"{key}[{i}]") for i, v in enumerate(value)]
     else:
-        raise ConfigError(key, f"expected a string or an array of strings, got {_type_name(value)}",
+        raise ConfigError(key, f"expected a string or an array of strings, got {type_name(value)}",
                           'write "sha256:AB:CD:..." or a list of them')
     pins: list[str] = []
     for item, item_key in items:
-        pin = normalise_fingerprint(_string(item, item_key), item_key)
+        pin = normalise_fingerprint(as_string(item, item_key), item_key)
         if pin not in pins:
             pins.append(pin)
     return tuple(pins)
-
-
-def normalise_fingerprint(text: str, key: str) -> str:
-    """``"sha256:" + 32 hex bytes`` (colons optional, any case) as ``"sha256:AB:CD:..."``."""
-    fix = ('write "sha256:" and the 32 bytes of the certificate\'s SHA-256 in hex, e.g. from '
-           "openssl x509 -noout -fingerprint -sha256")
-    prefix, sep, digest = text.strip().partition(":")
-    if not sep or prefix.lower() != "sha256":
-        if _HEX_FINGERPRINT_RE.fullmatch(text.strip()):
-            fix = f'write "{_colon_hex(text.strip())}"'
-        raise ConfigError(key, f"{text!r} does not start with 'sha256:'", fix)
-    if not _HEX_FINGERPRINT_RE.fullmatch(digest):
-        raise ConfigError(key, f"{text!r} is not a SHA-256 fingerprint", fix)
-    return _colon_hex(digest)
-
-
-def _colon_hex(digest: str) -> str:
-    raw = digest.replace(":", "").upper()
-    return "sha256:" + ":".join(raw[i:i + 2] for i in range(0, len(raw), 2))
 
 
 def _positive_duration(data: Mapping[str, object], name: str, prefix: str,
@@ -617,39 +575,11 @@ def _positive_duration(data: Mapping[str, object], name: str, prefix: str,
         return default
     seconds = parse_duration(data[name], key)
     if seconds <= 0:
-        raise ConfigError(key, "must be longer than zero", _DURATION_FIX)
+        raise ConfigError(key, "must be longer than zero", DURATION_FIX)
     if seconds > _MAX_DURATION:
         raise ConfigError(key, f"{format_duration(seconds)} is longer than a day",
                           "use a duration of at most 24h")
     return seconds
-
-
-# --- typed values -----------------------------------------------------------------------------
-
-
-def _parse_duration_text(text: str, key: str) -> float:
-    stripped = text.strip()
-    pos = 0
-    total = 0.0
-    for match in _DURATION_PART_RE.finditer(stripped):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos == 0 or pos != len(stripped):
-        if _is_number_text(stripped):
-            raise ConfigError(key, f"{text!r} has no unit",
-                              f'write "{stripped}s" for seconds, or a number without quotes')
-        raise ConfigError(key, f"{text!r} is not a duration", _DURATION_FIX)
-    return total
-
-
-def _is_number_text(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_keys(data: Mapping[str, object], prefix: str, known: Sequence[str]) -> None:
@@ -670,120 +600,9 @@ def _check_keys(data: Mapping[str, object], prefix: str, known: Sequence[str]) -
 def _table(data: Mapping[str, object], key: str) -> Mapping[str, object]:
     value = data.get(key, {})
     if not isinstance(value, dict):
-        raise ConfigError(key, f"expected a table, got {_type_name(value)}",
+        raise ConfigError(key, f"expected a table, got {type_name(value)}",
                           f"write it as a [{key}] table")
     return cast(Mapping[str, object], value)
-
-
-def _type_name(value: object) -> str:
-    """The TOML name of ``value``'s type, for ``expected X, got Y``."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "table"
-    return type(value).__name__  # datetime, date, time
-
-
-def _string(value: object, key: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key, f"expected a string, got {_type_name(value)}", "quote the value")
-    return value
-
-
-def _bool(value: object, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, f"expected a boolean, got {_type_name(value)}",
-                          "write true or false, unquoted")
-    return value
-
-
-def _int(value: object, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"expected an integer, got {_type_name(value)}",
-                          "write a whole number, unquoted")
-    return value
-
-
-def _number(value: object, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(key, f"expected a number, got {_type_name(value)}",
-                          "write a number such as 0.7, unquoted")
-    try:
-        return float(value)
-    except OverflowError:
-        raise ConfigError(key, f"{value} is out of range", "write a number such as 0.7") from None
-
-
-def _choice(value: object, key: str, choices: Sequence[str]) -> str:
-    text = _string(value, key)
-    if text.lower() not in choices:
-        raise ConfigError(key, f"{text!r} is not one of {' | '.join(choices)}",
-                          f"use one of {_quoted(choices)}")
-    return text.lower()
-
-
-def _name_string(value: object, key: str) -> str:
-    """A user or group name: non-empty, no spaces or control characters."""
-    text = _string(value, key)
-    if not text or any(c.isspace() or ord(c) < 32 for c in text) or ":" in text:
-        raise ConfigError(key, f"{text!r} is not a group name", "write the group's name or gid")
-    return text
-
-
-def _abs_path(value: object, key: str) -> Path:
-    text = _string(value, key)
-    if "\0" in text:
-        raise ConfigError(key, "contains a NUL character", "write a plain absolute path")
-    if not text.startswith("/"):
-        raise ConfigError(key, f"{text!r} is not an absolute path", "write it starting with /")
-    if text.endswith("/"):
-        raise ConfigError(key, f"{text!r} is a directory path", "name a file, not a directory")
-    try:
-        os.fsencode(text)
-    except UnicodeError:
-        raise ConfigError(key, f"{text!r} cannot be encoded as a file name",
-                          "use a plain path") from None
-    return Path(text)
-
-
-def _mode(value: object, key: str) -> int:
-    fix = 'write it as an octal string, e.g. "0660"'
-    if isinstance(value, str):
-        match = _MODE_RE.fullmatch(value.strip())
-        if not match:
-            raise ConfigError(key, f"{value!r} is not an octal file mode", fix)
-        mode = int(match.group(1), 8)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        mode = value
-    else:
-        raise ConfigError(key, f"expected an octal string, got {_type_name(value)}", fix)
-    # setuid, setgid and sticky bits make no sense on a socket or a token file; a decimal
-    # integer such as 660 (meant as octal) lands here too.
-    if not 0 <= mode <= 0o777:
-        raise ConfigError(key, f"{value!r} is not a permission mode between 0000 and 0777", fix)
-    return mode
-
-
-def _id_list(value: object, key: str) -> frozenset[int]:
-    if not isinstance(value, list):
-        raise ConfigError(key, f"expected an array of integers, got {_type_name(value)}",
-                          "write e.g. [1000, 1001]")
-    ids: set[int] = set()
-    for i, item in enumerate(value):
-        item_key = f"{key}[{i}]"
-        number = _int(item, item_key)
-        if not 0 <= number < 2**32 - 1:
-            raise ConfigError(item_key, f"{number} is not a valid id", "use a numeric uid or gid")
-        ids.add(number)
-    return frozenset(ids)
 
 
 def _is_ip(host: str) -> bool:
@@ -801,10 +620,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _quoted(names: Sequence[str]) -> str:
-    return ", ".join(repr(n) for n in names)
 
 
 def _host_port(host: str, port: int) -> str:

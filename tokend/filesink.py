@@ -9,7 +9,6 @@ successor the file is removed, so no expired token is left behind.
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
 import secrets
 import stat
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from tokend.config import FileSink
 from tokend.errors import ConfigError
+from tokend.values import group_id
 
 
 class TokenFile:
@@ -25,7 +25,7 @@ class TokenFile:
     def __init__(self, sink: FileSink, key: str) -> None:
         self.sink = sink
         self.key = key
-        self._gid = _gid(sink.group, f"{key}.group") if sink.group is not None else -1
+        self._gid = group_id(sink.group, f"{key}.group") if sink.group is not None else -1
 
     def check(self) -> None:
         """Refuse a missing directory, or one other users may write to (they could swap the file)."""
@@ -82,13 +82,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _gid(group: str, key: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ConfigError(key, f"no group named '{group}'", "create the group or fix the name") \
-            from None

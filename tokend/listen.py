@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import grp
 import os
 import socket
 import stat
 from pathlib import Path
 
 from tokend.errors import ConfigError
+from tokend.values import group_id
 
 
 class SocketLock:
@@ -65,7 +65,7 @@ def bind_unix(path: Path, mode: int, group: str | None) -> socket.socket:
     The caller holds the :class:`SocketLock`, so any existing file at ``path`` is stale.
     """
     check_directory(path)
-    gid = _group_id(group) if group is not None else None
+    gid = group_id(group, "server.socket_group") if group is not None else None
     with contextlib.suppress(FileNotFoundError):
         st = os.lstat(path)
         if not stat.S_ISSOCK(st.st_mode):
@@ -95,16 +95,6 @@ def bind_unix(path: Path, mode: int, group: str | None) -> socket.socket:
                           f" {exc.strerror}", "tokend's user must be a member of that group") from None
     sock.setblocking(False)
     return sock
-
-
-def _group_id(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ConfigError("server.socket_group", f"no group named '{group}'",
-                          "create the group or fix the name") from None
 
 
 def activated_socket() -> socket.socket | None:

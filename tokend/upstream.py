@@ -36,6 +36,7 @@ from tokend.errors import (
 from tokend.jwtinfo import Claims, decode_claims
 from tokend.secrets import Secret
 from tokend.trust import ca_context, read_ca_file
+from tokend.values import format_pin, pin_digest
 
 LOGIN_PATH = "/v1/tokens"
 REFRESH_PATH = "/v1/tokens/access-token/refresh"
@@ -84,17 +85,11 @@ class _Response:
     duration: float
 
 
-def format_pin(der: bytes) -> str:
-    """A certificate's SHA-256 in the ``tls_fingerprint`` format (``sha256:AB:CD:…``)."""
-    digest = hashlib.sha256(der).hexdigest().upper()
-    return "sha256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
-
-
 class PinnedFingerprints(aiohttp.Fingerprint):
     """Accept a server whose leaf certificate matches any pin (a list stages a rotation)."""
 
     def __init__(self, pins: tuple[str, ...]) -> None:
-        digests = {bytes.fromhex(p.removeprefix("sha256:").replace(":", "")) for p in pins}
+        digests = {pin_digest(p) for p in pins}
         super().__init__(next(iter(digests)))
         self._digests = digests
 
@@ -194,7 +189,7 @@ async def presented_fingerprint(url: str, timeout: float) -> str | None:
     try:
         sslobj = writer.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        return format_pin(der) if der else None
+        return format_pin(hashlib.sha256(der).digest()) if der else None
     finally:
         writer.close()
 
@@ -359,7 +354,7 @@ class UpstreamClient:
                 return _Response(resp.status, resp.headers, data, sent_mono, sent_wall,
                                  time.time(), time.monotonic() - sent_mono)
         except aiohttp.ServerFingerprintMismatch as exc:
-            presented = format_pin_bytes(exc.got)
+            presented = format_pin(exc.got)
             raise TransientError(
                 f"{operation}: TLS certificate {presented} matches no tls_fingerprint pin",
                 outcome="tls_error", detail=_tls_detail(presented)) from None
@@ -506,12 +501,6 @@ def _tls_reason(exc: BaseException) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:300]
-
-
-def format_pin_bytes(digest: bytes) -> str:
-    """A raw SHA-256 digest in the ``tls_fingerprint`` format."""
-    hexed = digest.hex().upper()
-    return "sha256:" + ":".join(hexed[i:i + 2] for i in range(0, len(hexed), 2))
 
 
 def _tls_detail(presented: str | None) -> UpstreamDetail:
