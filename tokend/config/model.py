@@ -1,0 +1,117 @@
+"""The validated configuration: frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+from tokend import DEFAULT_SOCKET
+from tokend.secrets import SecretSource
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "console", "auto"]
+SinkFormat = Literal["raw", "json"]
+
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+SINK_FORMATS: tuple[SinkFormat, ...] = get_args(SinkFormat)
+
+
+@dataclass(frozen=True)
+class FileSink:
+    """Where a target's token is also written, atomically, for consumers that only read files."""
+
+    path: Path
+    mode: int = 0o600
+    group: str | None = None
+    format: SinkFormat = "raw"
+    keep_on_exit: bool = False
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One SDDC Manager and how tokend keeps its token."""
+
+    name: str
+    url: str  # normalised: no trailing slash
+    username: str | None
+    password: SecretSource | None  # exactly one of password / api_key
+    api_key: SecretSource | None
+    ca_file: Path | None = None
+    tls_fingerprint: tuple[str, ...] = ()  # normalised "sha256:AB:CD:..." upper-case hex
+    verify_tls: bool = True
+    refresh_at: float = 0.7
+    jitter: float = 0.05
+    request_timeout: float = 15.0
+    max_backoff: float = 300.0
+    max_login_failures: int = 3
+    login_retry_interval: float = 60.0
+    revoke_on_exit: bool = False
+    file_sink: FileSink | None = None
+    max_token_lifetime: float = 7200.0  # seconds; a longer tracked lifetime is cut to it (SPEC §8.1)
+
+    @property
+    def secret(self) -> SecretSource:
+        """The one secret source of this target."""
+        src = self.password if self.password is not None else self.api_key
+        assert src is not None
+        return src
+
+    def key(self, name: str) -> str:
+        """The config key path of this target's ``name``, e.g. ``targets[1].ca_file``, for errors."""
+        return f"{self.secret.key.rpartition('.')[0]}.{name}"
+
+    def connection_key(self) -> tuple[object, ...]:
+        """What must stay equal on reload for the target to keep its token and session."""
+        return (self.url, self.username, self.ca_file, self.tls_fingerprint, self.verify_tls,
+                self.request_timeout)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The Unix socket consumers connect to, and who may."""
+
+    socket: Path = Path(DEFAULT_SOCKET)
+    socket_mode: int = 0o660
+    socket_group: str | None = None
+    allowed_uids: frozenset[int] = frozenset()
+    allowed_gids: frozenset[int] = frozenset()
+    default_target: str | None = None
+    socket_mode_set: bool = False  # whether the file set it (a warning under socket activation)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The TCP listener for /metrics, /healthz and /readyz; ``None`` host means disabled."""
+
+    host: str | None = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Log level and rendering."""
+
+    level: LogLevel = "info"
+    format: LogFormat = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration."""
+
+    path: Path
+    targets: tuple[TargetConfig, ...]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def default_target(self) -> str:
+        """The target `GET /v1/token` serves."""
+        return self.server.default_target or self.targets[0].name
+
+    def target(self, name: str) -> TargetConfig | None:
+        """The target called ``name``, if configured."""
+        return next((t for t in self.targets if t.name == name), None)
