@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from tokend.config import PolicyConfig, TargetConfig
 from tokend.errors import (
     CredentialsRejected,
     InvalidResponse,
@@ -34,11 +36,11 @@ from tokend.schedule import (
     Action,
     HeldToken,
     Log,
-    PolicyConfig,
     RefreshPolicy,
     Sleep,
     tracked_lifetime,
 )
+from tokend.secrets import Secret, SecretSource
 
 WALL = 1_795_845_600  # a whole second on the wall clock, for claims and Date headers
 ALMOST_ONE = math.nextafter(1.0, 0.0)  # the largest value random.random() can return
@@ -1137,3 +1139,20 @@ def test_sighup_gives_consumers_another_chance() -> None:
     p.reconfigure(100.0, PolicyConfig())
 
     assert not p.rejected_by_consumers
+
+
+def a_target(**settings: Any) -> TargetConfig:
+    secret = SecretSource(kind="literal", ref="", key="targets[0].password", literal=Secret("pw"))
+    return TargetConfig(name="t1", url="https://sddc.example", username="admin", password=secret,
+                        api_key=None, **settings)
+
+
+def test_a_target_with_default_settings_gets_the_default_policy() -> None:
+    assert a_target().policy() == PolicyConfig()
+
+
+def test_a_target_passes_every_policy_setting_to_the_machine() -> None:
+    settings = {"refresh_at": 0.5, "jitter": 0.1, "max_backoff": 30.0, "max_login_failures": 5,
+                "login_retry_interval": 90.0}
+    assert {f.name for f in fields(PolicyConfig)} == set(settings)
+    assert a_target(**settings).policy() == PolicyConfig(**settings)

@@ -40,7 +40,6 @@ from tokend.schedule import (
     HeldToken,
     Log,
     Operation,
-    PolicyConfig,
     Publish,
     RefreshPolicy,
     Revoke,
@@ -118,7 +117,7 @@ class Keeper:
         self.target = target
         self.name = target.name
         self.metrics = metrics
-        self.policy = RefreshPolicy(policy_config(target), rand)
+        self.policy = RefreshPolicy(target.policy(), rand)
         self.client: TokenSource = client if client is not None else UpstreamClient(target)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.log = get_logger(target=target.name)
@@ -162,7 +161,7 @@ class Keeper:
                 self._sink_write(served, now)
         self.target = target
         self._secret_stamp = None  # re-read the secret and the TLS material now
-        self._perform_now(self.policy.reconfigure(now, policy_config(target)))
+        self._perform_now(self.policy.reconfigure(now, target.policy()))
         self._wake.set()
 
     # -- what the server and the daemon read ----------------------------------------------------
@@ -489,11 +488,3 @@ def _token_file(target: TargetConfig) -> TokenFile | None:
     sink = TokenFile(target.file_sink, f"file_sink of target '{target.name}'")
     sink.check()
     return sink
-
-
-def policy_config(target: TargetConfig) -> PolicyConfig:
-    """The machine's view of a target's settings."""
-    return PolicyConfig(refresh_at=target.refresh_at, jitter=target.jitter,
-                        max_backoff=target.max_backoff,
-                        max_login_failures=target.max_login_failures,
-                        login_retry_interval=target.login_retry_interval)

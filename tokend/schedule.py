@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from tokend.config import PolicyConfig
 from tokend.errors import (
     CredentialsRejected,
     InvalidResponse,
@@ -191,17 +192,6 @@ def admit(target: str, access_token: str, token_fingerprint: str, claims: Claims
     except (ValueError, OverflowError) as exc:
         raise InvalidResponse(f"the access token cannot be served ({type(exc).__name__})") from None
     return Admitted(token, claimed)
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    """The per-target settings the machine needs (SPEC §3, §8.1)."""
-
-    refresh_at: float = 0.7
-    jitter: float = 0.05
-    max_backoff: float = 300.0
-    max_login_failures: int = 3
-    login_retry_interval: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from tokend.config.model import (
     FileSink,
     LogConfig,
     MetricsConfig,
+    PolicyConfig,
     ServerConfig,
     TargetConfig,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "FileSink",
     "LogConfig",
     "MetricsConfig",
+    "PolicyConfig",
     "ServerConfig",
     "TargetConfig",
     "check_secrets",

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
-from tokend import DEFAULT_SOCKET
 from tokend.config.keys import LOG_KEYS, METRICS_KEYS, SERVER_KEYS, TOP_KEYS, check_keys
 from tokend.config.model import (
     LOG_FORMATS,
@@ -111,7 +110,7 @@ def _table(data: Mapping[str, object], key: str) -> Mapping[str, object]:
 
 
 def _server(data: Mapping[str, object], targets: Sequence[TargetConfig]) -> ServerConfig:
-    socket = Path(DEFAULT_SOCKET)
+    socket = ServerConfig.socket
     if "socket" in data:
         socket = as_abs_path(data["socket"], "server.socket")
         if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
@@ -120,7 +119,7 @@ def _server(data: Mapping[str, object], targets: Sequence[TargetConfig]) -> Serv
                 "use a shorter path, e.g. /run/tokend/tokend.sock",
             )
     socket_mode = as_mode(data["socket_mode"], "server.socket_mode") if "socket_mode" in data \
-        else 0o660
+        else ServerConfig.socket_mode
     group = as_group_name(data["socket_group"], "server.socket_group") \
         if "socket_group" in data else None
     uids = as_id_set(data.get("allowed_uids", []), "server.allowed_uids")
@@ -181,8 +180,8 @@ def _is_ip(host: str) -> bool:
 
 def _log(data: Mapping[str, object]) -> LogConfig:
     return LogConfig(
-        level=as_choice(data.get("level", "info"), "log.level", LOG_LEVELS),
-        format=as_choice(data.get("format", "auto"), "log.format", LOG_FORMATS),
+        level=as_choice(data.get("level", LogConfig.level), "log.level", LOG_LEVELS),
+        format=as_choice(data.get("format", LogConfig.format), "log.format", LOG_FORMATS),
     )
 
 

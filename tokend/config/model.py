@@ -1,4 +1,9 @@
-"""The validated configuration: frozen dataclasses."""
+"""The validated configuration: frozen dataclasses, and the one place each default is written.
+
+The loader reads a default back as a class attribute (``TargetConfig.request_timeout``) when a
+key is absent, and the refresh policy gets its settings as a :class:`PolicyConfig`, whose defaults
+the target's are; so changing a default here changes it everywhere.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,17 @@ class FileSink:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """The settings of a target that the refresh policy needs (SPEC §3, §8.1), with their defaults."""
+
+    refresh_at: float = 0.7
+    jitter: float = 0.05
+    max_backoff: float = 300.0
+    max_login_failures: int = 3
+    login_retry_interval: float = 60.0
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """One SDDC Manager and how tokend keeps its token."""
 
@@ -41,12 +57,12 @@ class TargetConfig:
     ca_file: Path | None = None
     tls_fingerprint: tuple[str, ...] = ()  # normalised "sha256:AB:CD:..." upper-case hex
     verify_tls: bool = True
-    refresh_at: float = 0.7
-    jitter: float = 0.05
+    refresh_at: float = PolicyConfig.refresh_at
+    jitter: float = PolicyConfig.jitter
     request_timeout: float = 15.0
-    max_backoff: float = 300.0
-    max_login_failures: int = 3
-    login_retry_interval: float = 60.0
+    max_backoff: float = PolicyConfig.max_backoff
+    max_login_failures: int = PolicyConfig.max_login_failures
+    login_retry_interval: float = PolicyConfig.login_retry_interval
     revoke_on_exit: bool = False
     file_sink: FileSink | None = None
     max_token_lifetime: float = 7200.0  # seconds; a longer tracked lifetime is cut to it (SPEC §8.1)
@@ -66,6 +82,13 @@ class TargetConfig:
         """What must stay equal on reload for the target to keep its token and session."""
         return (self.url, self.username, self.ca_file, self.tls_fingerprint, self.verify_tls,
                 self.request_timeout)
+
+    def policy(self) -> PolicyConfig:
+        """The refresh policy's view of this target's settings."""
+        return PolicyConfig(refresh_at=self.refresh_at, jitter=self.jitter,
+                            max_backoff=self.max_backoff,
+                            max_login_failures=self.max_login_failures,
+                            login_retry_interval=self.login_retry_interval)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def parse_target(data: Mapping[str, object], prefix: str, path: Path,
 
     ca_file = _ca_file(data["ca_file"], k("ca_file")) if "ca_file" in data else None
     pins = _fingerprints(data.get("tls_fingerprint", []), k("tls_fingerprint"))
-    verify_tls = as_bool(data.get("verify_tls", True), k("verify_tls"))
+    verify_tls = as_bool(data.get("verify_tls", TargetConfig.verify_tls), k("verify_tls"))
     if ca_file is not None and pins:
         raise ConfigError(
             k("ca_file"),
@@ -85,11 +85,11 @@ def parse_target(data: Mapping[str, object], prefix: str, path: Path,
         raise ConfigError(k("ca_file"), "has no effect with verify_tls = false",
                           "remove ca_file, or verify_tls = false")
 
-    refresh_at = as_number(data.get("refresh_at", 0.7), k("refresh_at"))
+    refresh_at = as_number(data.get("refresh_at", TargetConfig.refresh_at), k("refresh_at"))
     if not 0 < refresh_at < 1:
         raise ConfigError(k("refresh_at"), f"{refresh_at!r} is not between 0 and 1 (exclusive)",
                           "use a fraction of the token lifetime, e.g. 0.7")
-    jitter = as_number(data.get("jitter", 0.05), k("jitter"))
+    jitter = as_number(data.get("jitter", TargetConfig.jitter), k("jitter"))
     if not 0 <= jitter < 0.5:
         raise ConfigError(k("jitter"), f"{jitter!r} is not in [0, 0.5)",
                           "use a small fraction of the token lifetime, e.g. 0.05")
@@ -99,7 +99,8 @@ def parse_target(data: Mapping[str, object], prefix: str, path: Path,
             "lower jitter, or move refresh_at away from 0 and 1",
         )
 
-    max_login_failures = as_int(data.get("max_login_failures", 3), k("max_login_failures"))
+    max_login_failures = as_int(data.get("max_login_failures", TargetConfig.max_login_failures),
+                                k("max_login_failures"))
     if max_login_failures < 1:
         raise ConfigError(k("max_login_failures"), f"{max_login_failures} is less than 1",
                           "use 1 or more (vCenter SSO locks an account after 5 failures)")
@@ -115,13 +116,16 @@ def parse_target(data: Mapping[str, object], prefix: str, path: Path,
         verify_tls=verify_tls,
         refresh_at=refresh_at,
         jitter=jitter,
-        request_timeout=_duration(data, "request_timeout", prefix, 15.0),
-        max_backoff=_duration(data, "max_backoff", prefix, 300.0),
+        request_timeout=_duration(data, "request_timeout", prefix, TargetConfig.request_timeout),
+        max_backoff=_duration(data, "max_backoff", prefix, TargetConfig.max_backoff),
         max_login_failures=max_login_failures,
-        login_retry_interval=_duration(data, "login_retry_interval", prefix, 60.0),
-        revoke_on_exit=as_bool(data.get("revoke_on_exit", False), k("revoke_on_exit")),
+        login_retry_interval=_duration(data, "login_retry_interval", prefix,
+                                       TargetConfig.login_retry_interval),
+        revoke_on_exit=as_bool(data.get("revoke_on_exit", TargetConfig.revoke_on_exit),
+                               k("revoke_on_exit")),
         file_sink=_file_sink(data["file_sink"], k("file_sink")) if "file_sink" in data else None,
-        max_token_lifetime=_duration(data, "max_token_lifetime", prefix, 7200.0),
+        max_token_lifetime=_duration(data, "max_token_lifetime", prefix,
+                                     TargetConfig.max_token_lifetime),
     )
 
 
@@ -218,15 +222,16 @@ def _file_sink(value: object, key: str) -> FileSink:
     if "path" not in value:
         raise ConfigError(f"{key}.path", "missing", 'add path = "/run/tokend/NAME.token"')
     path = as_abs_path(value["path"], f"{key}.path")
-    mode = as_mode(value.get("mode", "0600"), f"{key}.mode")
+    mode = as_mode(value.get("mode", FileSink.mode), f"{key}.mode")
     if mode & 0o007:
         raise ConfigError(f"{key}.mode", f"{mode:04o} lets every local user read the token",
                           'use "0600", or "0640" with group')
     group = as_group_name(value["group"], f"{key}.group") if "group" in value else None
     return FileSink(
         path=path, mode=mode, group=group,
-        format=as_choice(value.get("format", "raw"), f"{key}.format", SINK_FORMATS),
-        keep_on_exit=as_bool(value.get("keep_on_exit", False), f"{key}.keep_on_exit"),
+        format=as_choice(value.get("format", FileSink.format), f"{key}.format", SINK_FORMATS),
+        keep_on_exit=as_bool(value.get("keep_on_exit", FileSink.keep_on_exit),
+                             f"{key}.keep_on_exit"),
     )
 
 
