@@ -509,3 +509,66 @@ async def test_reload_keeps_the_token_and_applies_new_settings(
     assert rig.source.ops() == ["login", "refresh"]
     await rig.clock.advance(99.0 * 0.5)  # the next one is scheduled by the new setting
     assert rig.source.ops() == ["login", "refresh", "refresh"]
+
+
+async def test_a_token_expiring_while_a_call_hangs_is_withdrawn_at_once(
+    rig_factory: Callable[..., Any], tmp_path: Path,
+) -> None:
+    sink = FileSink(path=tmp_path / "t1.token")
+    rig = await rig_factory(lifetime=100.0, file_sink=sink, request_timeout=60.0)
+    gate = asyncio.Event()
+
+    async def hanging(refresh_id: str) -> Issued:
+        rig.source.calls.append(CallRecord("refresh", rig.clock.now, refresh_id))
+        await gate.wait()
+        raise TransientError("down", status=503)
+
+    rig.source.refresh = hanging  # type: ignore[method-assign]
+    await rig.clock.advance(69.5)  # the refresh goes out and hangs
+    assert rig.source.ops() == ["login", "refresh"] and sink.path.exists()
+
+    await rig.clock.advance(30.0)  # past expiry, the call still out
+
+    assert not rig.valid()
+    assert not sink.path.exists()
+    assert rig.metric("tokend_token_valid") == 0
+    assert rig.keeper.state == "expired"
+    gate.set()
+
+
+async def test_a_secret_source_that_turns_unreadable_is_reported_once(
+    rig_factory: Callable[..., Any], tmp_path: Path,
+) -> None:
+    secret_file = tmp_path / "pw"
+    secret_file.write_bytes(b"pw-1\n")
+    secret_file.chmod(0o600)
+    source = SecretSource(kind="file", ref=str(secret_file), key="targets[0].password_file")
+    rig = await rig_factory(lifetime=1000.0, password=source)
+    assert rig.source.calls[0].argument == "pw-1"
+
+    secret_file.write_bytes(b"\xe4pw\n")  # Latin-1, not UTF-8
+    with capture_logs() as logs:
+        await rig.clock.advance(95.0)  # three periodic checks
+
+    unavailable = [e for e in logs if e["event"] == "secret.unavailable"]
+    assert len(unavailable) == 1 and unavailable[0]["key"] == "targets[0].password_file"
+    last_error = rig.keeper.status(rig.clock.now, rig.clock.time())["lastError"]
+    assert last_error["errorCode"] == "SECRET_UNAVAILABLE"
+    assert rig.keeper.state == "valid"  # the token in hand is still good
+
+
+async def test_after_a_crash_the_status_names_the_internal_error(
+    rig_factory: Callable[..., Any],
+) -> None:
+    def broken(source: FakeSource) -> None:
+        def crash() -> Issued:
+            raise ZeroDivisionError("a bug")
+        source.script("login", *(crash for _ in range(3)))
+
+    rig = await rig_factory(lifetime=100.0, before_start=broken)
+    await rig.clock.advance(0.5)
+
+    status = rig.keeper.status(rig.clock.now, rig.clock.time())
+    assert status["state"] == "expired"
+    assert status["lastError"]["errorCode"] == "INTERNAL_ERROR"
+    assert "ZeroDivisionError" in status["lastError"]["message"]

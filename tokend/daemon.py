@@ -342,14 +342,24 @@ class Daemon:
         for name in plan.removed:
             del self.keepers[name]
             self.metrics.remove_target(name)
-        for target in plan.kept:
-            self.keepers[target.name].reconfigure(target)
+        predecessors = {k.name: k for k in retiring}
         for keeper in plan.fresh.values():
+            predecessor = predecessors.get(keeper.name)
+            if predecessor is not None:  # a new secret or url must not reset the login spacing
+                keeper.policy.inherit(predecessor.policy)
             # The retired keeper's last writes to the target's series are not the new one's state.
             _show(keeper.metrics, "starting", False)
             self._warn_tls(keeper.target)
-            self._start(keeper)
+            if self._closing:  # SIGTERM came during the reload: no new session at the upstream
+                self.keepers[keeper.name] = keeper
+            else:
+                self._start(keeper)
         errors = [r for r in results if isinstance(r, BaseException)]
+        for target in plan.kept:  # after the swap: one failing here leaves no target without keeper
+            try:
+                self.keepers[target.name].reconfigure(target)
+            except Exception as exc:  # e.g. a file sink refused since it was checked
+                errors.append(exc)
         if errors:  # the swap is done whatever failed; the failure is a bug to be logged
             raise errors[0]
 

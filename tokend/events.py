@@ -56,6 +56,9 @@ CATALOGUE: dict[str, Event] = {
     "target.state_changed": Event(("debug", "info", "warning"), ("target", "old", "new"),
                                   "state transition; warning into degraded, expired or"
                                   " credentials_rejected, debug for a healthy refresh"),
+    "secret.unavailable": Event(("warning",), ("target", "key", "error", "action"),
+                                "the secret source changed but cannot be read (once per change):"
+                                " the secret in use is kept"),
     "secret.changed": Event(("info",), ("target", "action"),
                             "a changed secret lifted the lockout guard"),
     "consumer.denied": Event(("warning",), ("uid", "gid", "pid", "groups", "message",

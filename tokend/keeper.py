@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from tokend.clock import Clock, SystemClock
@@ -326,7 +326,7 @@ class Keeper:
         self._busy_since = start
         try:
             try:
-                issued = await self._upstream_call(call)
+                issued = await self._while_serving(self._upstream_call(call))
             except UpstreamError as error:
                 await self._failed(operation, error, self.clock.monotonic() - start)
                 return
@@ -354,6 +354,24 @@ class Keeper:
         finally:
             self._busy_since = None
             self.first_attempt_done.set()
+
+    async def _while_serving(self, call: Coroutine[Any, Any, Issued]) -> Issued:
+        """Await an upstream call, withdrawing the served token if it expires meanwhile."""
+        task = asyncio.ensure_future(call)
+        done = asyncio.Event()
+        task.add_done_callback(lambda _: done.set())
+        try:
+            while not task.done():
+                deadline = self.policy.expiry_deadline()
+                if deadline is None:
+                    await asyncio.wait({task})
+                    break
+                await self.clock.wait(done, deadline)
+                if not task.done():
+                    self._perform_now(self.policy.expire(self.clock.monotonic()))
+            return task.result()
+        finally:
+            task.cancel()  # only when the keeper itself is cancelled mid-call
 
     async def _upstream_call(self, call: Call) -> Issued:
         if call.operation == "login":
@@ -404,15 +422,21 @@ class Keeper:
         try:
             secret = read_secret(self.target.secret)
         except ConfigError as exc:
+            error = TransientError(
+                str(exc), outcome="invalid_response",
+                detail=UpstreamDetail(error_code="SECRET_UNAVAILABLE",
+                                      remediation_message=exc.fix or "Fix the secret source"))
             if login:  # not an upstream call: not counted in the upstream metrics
-                effects = self.policy.on_failure(now, "login", TransientError(
-                    str(exc), outcome="invalid_response",
-                    detail=UpstreamDetail(error_code="SECRET_UNAVAILABLE",
-                                          remediation_message=exc.fix or "Fix the secret source")))
+                effects = self.policy.on_failure(now, "login", error)
                 self.metrics.failures.set(self.policy.failures)
                 self._perform_now(effects)
                 self.first_attempt_done.set()
-            return  # a periodic check: reported at the next login attempt
+            elif stamp != self._secret_stamp:  # once per change of the source, not every 30 s
+                self._secret_stamp = stamp
+                self.policy.note_error(now, error)
+                self.log.warning("secret.unavailable", key=exc.key, error=str(exc),
+                                 action="the secret in use is kept until the source is fixed")
+            return
         self._secret_stamp = stamp
         REDACTOR.register(secret.reveal())
         if login:
@@ -447,7 +471,11 @@ class Keeper:
         self.metrics.upstream("refresh" if operation == "idle" else operation, "internal_error", None)
         self._busy_since = None
         self._secret = None
-        effects = self.policy.on_crash(now)
+        effects = self.policy.on_crash(now, TransientError(
+            f"tokend internal error ({type(exc).__name__}); retried after a backoff",
+            outcome="internal_error",
+            detail=UpstreamDetail(error_code="INTERNAL_ERROR", remediation_message=(
+                "A bug in tokend: report the keeper.crashed log line; tokend keeps retrying"))))
         self.metrics.failures.set(self.policy.failures)
         with contextlib.suppress(Exception):
             self._perform_now(effects)
