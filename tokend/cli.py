@@ -227,20 +227,12 @@ def cmd_fake_sddc(args: argparse.Namespace) -> int:
     """``tokend fake-sddc``: the fake SDDC Manager alone."""
     import asyncio
 
-    from tokend.fake_sddc import serve_forever
+    from tokend.testing.cli import read_users, serve_forever
 
-    users: dict[str, str] = {}
-    items = list(args.user)
-    if args.users_file is not None:
-        try:
-            items += [line for line in args.users_file.read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            return _fail(f"--users-file {args.users_file}: {exc.strerror}", EXIT_USAGE)
-    for item in items:
-        name, sep, password = item.partition(":")
-        if not sep or not name or not password:
-            return _fail(f"--user {name or item!r}: expected USER:PASSWORD", EXIT_USAGE)
-        users[name] = password
+    try:
+        users = read_users(args.user, args.users_file)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     try:
         asyncio.run(serve_forever(args.listen, args.access_ttl, args.refresh_ttl, users or None,
                                   args.api_key, args.tls_dir))
