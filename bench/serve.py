@@ -24,7 +24,8 @@ gives the server's CPU time per request, from schedstat, which moves much less t
 other processes share the machine.
 
 Also measured: ``tokend token`` wall time, idle CPU, peak RSS, start-to-ready. Goals are printed
-with PASS/FAIL; nothing here asserts. See bench/README.md.
+with PASS/FAIL; nothing here asserts. ``--startup-only`` measures start-to-ready, RSS when ready and
+``tokend token`` wall time alone (no load, no nginx or autocannon). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -337,6 +338,30 @@ def start_tokend(bench: Bench, config: Path, sock: Path) -> tuple[Proc, float]:
     return proc, time.perf_counter() - t0
 
 
+def start_ready(bench: Bench) -> tuple[Proc, Path, list[float], int, int]:
+    """The fake, then ``--start-runs`` fresh starts of ``tokend run``; the last one is left running.
+
+    Returns that process, its socket, the start-to-ready seconds of every start, and its VmRSS and
+    VmHWM in kB two seconds after it was ready.
+    """
+    _fake, url = start_fake(bench)
+    config, sock = write_tokend_config(bench, url)
+    starts: list[float] = []
+    tokend_proc: Proc | None = None
+    for i in range(max(1, bench.args.start_runs)):
+        tokend_proc, seconds = start_tokend(bench, config, sock)
+        starts.append(seconds)
+        if i < max(1, bench.args.start_runs) - 1:
+            code = tokend_proc.stop()
+            bench.procs.remove(tokend_proc)
+            if code != 0:
+                raise RuntimeError(f"tokend exited {code} on SIGTERM:\n{tokend_proc.tail()}")
+    assert tokend_proc is not None
+    time.sleep(2.0)  # let start-up work (first status line, GC of start-up garbage) settle
+    pid = tokend_proc.pid
+    return tokend_proc, sock, starts, proc_status_kb(pid, "VmRSS"), proc_status_kb(pid, "VmHWM")
+
+
 def start_bare_aiohttp(bench: Bench, body_file: Path) -> tuple[Proc, Path]:
     sock = bench.workdir / "aiohttp.sock"
     proc = bench.spawn("bare aiohttp", [sys.executable, str(Path(__file__).resolve()),
@@ -627,6 +652,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the servers to the last CPU and the load generator to the others")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    p.add_argument("--startup-only", action="store_true",
+                   help="only start-to-ready, RSS when ready and `tokend token` wall time: no load"
+                        " runs, no idle sample, no nginx or autocannon needed")
     p.add_argument("--bare-aiohttp", nargs=2, metavar=("SOCKET", "BODY_FILE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
@@ -651,6 +679,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bare_aiohttp:
         asyncio.run(_serve_bare(*args.bare_aiohttp))
         return 0
+    if args.startup_only:
+        print(f"$ {shlex.join(getattr(sys, 'orig_argv', [sys.executable, *sys.argv]))}\n", flush=True)
+        with workdir() as wd:
+            bench = Bench(args, wd, None, None)
+            try:
+                return run_startup_only(bench)
+            finally:
+                bench.stop_all()
     nginx, autocannon = find_nginx(), find_autocannon()
     missing = [n for n, v in (("nginx", nginx), ("autocannon", autocannon)) if v is None]
     if args.load_generator == "driver" and shutil.which("node") is None:
@@ -676,6 +712,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.stop_all()
 
 
+def run_startup_only(bench: Bench) -> int:
+    """``--startup-only``: start-to-ready, RSS when ready and ``tokend token`` wall time; no load."""
+    args = bench.args
+    import tokend
+
+    print(f"- started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {machine_line()}; load average"
+          f" {loadavg()}; tokend {tokend.__version__} from {Path(tokend.__file__).parent}")
+    tokend_proc, sock, starts, rss_ready, hwm_ready = start_ready(bench)
+    cli_times = measure_cli(sock, args.cli_runs) if args.cli_runs > 0 else {}
+    code = tokend_proc.stop()
+    print("\n| figure | value |\n|---|---:|")
+    print(f"| start-to-ready (spawn `tokend run` to first 200 on /readyz), {len(starts)} starts |"
+          f" median {statistics.median(starts) * 1000:.0f} ms, min {min(starts) * 1000:.0f} ms,"
+          f" max {max(starts) * 1000:.0f} ms |")
+    print(f"| tokend RSS when ready / VmHWM when ready | {mb(rss_ready):.1f} MB / {mb(hwm_ready):.1f} MB |")
+    if cli := cli_times.get("cli", []):
+        print(f"| `tokend token` wall time, {len(cli)} runs | median {statistics.median(cli) * 1000:.1f} ms,"
+              f" p90 {pct(cli, 90) * 1000:.1f} ms, min {min(cli) * 1000:.1f} ms |")
+        for key, what in (("python", "`python -c pass`"), ("import", "`python -c 'import tokend.cli'`")):
+            print(f"| {what} wall time | median {statistics.median(cli_times[key]) * 1000:.1f} ms |")
+    print(f"| tokend exit status on SIGTERM | {code} |", flush=True)
+    return 0
+
+
 def run(bench: Bench, nginx: str, autocannon: str, pin: bool, cpus: list[int]) -> int:
     args = bench.args
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -694,23 +754,8 @@ def run(bench: Bench, nginx: str, autocannon: str, pin: bool, cpus: list[int]) -
     }
 
     # 1. the fake and tokend; start-to-ready over several fresh starts
-    _fake, url = start_fake(bench)
-    config, sock = write_tokend_config(bench, url)
-    starts: list[float] = []
-    tokend_proc: Proc | None = None
-    for i in range(max(1, args.start_runs)):
-        tokend_proc, seconds = start_tokend(bench, config, sock)
-        starts.append(seconds)
-        if i < max(1, args.start_runs) - 1:
-            code = tokend_proc.stop()
-            bench.procs.remove(tokend_proc)
-            if code != 0:
-                raise RuntimeError(f"tokend exited {code} on SIGTERM:\n{tokend_proc.tail()}")
-    assert tokend_proc is not None
+    tokend_proc, sock, starts, rss_ready, hwm_ready = start_ready(bench)
     pid = tokend_proc.pid
-    time.sleep(2.0)  # let start-up work (first status line, GC of start-up garbage) settle
-    rss_ready = proc_status_kb(pid, "VmRSS")
-    hwm_ready = proc_status_kb(pid, "VmHWM")
 
     # 2. idle CPU, before any consumer request
     idle_ticks = idle_sched = None

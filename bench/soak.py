@@ -62,7 +62,8 @@ from typing import Any, TextIO
 import aiohttp
 from aiohttp import web
 
-from tokend.fake_sddc import FakeSddc, FaultTarget, start_fake
+from tokend.testing.fake_sddc import FakeSddc, start_fake
+from tokend.testing.faults import FaultTarget
 
 USER = "administrator@vsphere.local"
 TARGET = "soak"

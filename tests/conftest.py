@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.harness import PASSWORD, TLS, USER, Tokend, Upstream, start_upstream, write_config
-from tokend.fake_sddc import FakeSddc
+from tokend.testing.fake_sddc import FakeSddc
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import trustme
 
-from tokend.fake_sddc import FakeSddc, start_fake
+from tokend.testing.fake_sddc import FakeSddc, start_fake
 
 PASSWORD = "Fake-Passw0rd-for-tests!"
 USER = "administrator@vsphere.local"

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from tokend.config import load_config
 from tokend.daemon import Daemon
-from tokend.fake_sddc import FakeSddc, ensure_tls_dir, start_fake
 from tokend.logs import configure
+from tokend.testing.fake_sddc import FakeSddc, start_fake
+from tokend.testing.tls import ensure_tls_dir
 
 ACCESS_TTL = 10.0
 USER = "administrator@vsphere.local"

@@ -29,7 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import assert_no_secrets
 from tests.harness import Tokend, Upstream, eventually, write_config
-from tokend.fake_sddc import CallRecord, FakeSddc, MalformedKind
+from tokend.testing.fake_sddc import CallRecord, FakeSddc
+from tokend.testing.faults import MalformedKind
 
 MakeUpstream = Callable[..., Awaitable[Upstream]]
 MakeTokend = Callable[..., Awaitable[Tokend]]

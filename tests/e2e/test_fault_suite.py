@@ -49,7 +49,8 @@ from cryptography import x509
 
 from tests.conftest import assert_no_secrets
 from tests.harness import TLS, Tokend, Upstream, eventually, write_config
-from tokend.fake_sddc import CallRecord, DropWhen, FakeSddc, MalformedKind
+from tokend.testing.fake_sddc import CallRecord, FakeSddc
+from tokend.testing.faults import DropWhen, MalformedKind
 
 MakeUpstream = Callable[..., Awaitable[Upstream]]
 Spawn = Callable[..., Awaitable[Tokend]]

@@ -12,7 +12,7 @@ import aiohttp
 
 from tests.conftest import assert_no_secrets
 from tests.harness import Tokend, eventually
-from tokend.fake_sddc import FakeSddc
+from tokend.testing.fake_sddc import FakeSddc
 
 
 def free_port() -> int:

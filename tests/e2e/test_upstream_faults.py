@@ -23,7 +23,7 @@ import trustme
 from aiohttp import web
 
 from tests.harness import PASSWORD, TLS, Tokend, Upstream, eventually
-from tokend.fake_sddc import CallRecord, FakeSddc
+from tokend.testing.fake_sddc import CallRecord, FakeSddc
 
 MakeUpstream = Callable[..., Awaitable[Upstream]]
 MakeTokend = Callable[..., Awaitable[Tokend]]
