@@ -1,0 +1,1 @@
+"""The proxy and the SDDC Manager facade (SPEC §9)."""
