@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokend.errors import ConfigError
-from tokend.proxy.localtoken import Watched, private_dir, write_atomically
+from tokend.statefiles import Watched, private_dir, write_atomically
 
 if TYPE_CHECKING:
     from cryptography import x509

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokend.errors import ConfigError
-from tokend.proxy.localtoken import Watched, read_small_file
+from tokend.statefiles import Watched, read_small_file
 
 #: Lowest bcrypt cost accepted (2^10 rounds).
 MIN_COST = 10
