@@ -29,6 +29,7 @@ from tokend.errors import (
 )
 from tokend.jwtinfo import decode_claims
 from tokend.keeper import Keeper, ServeError
+from tokend.ledger import Ledger
 from tokend.metrics import Metrics
 from tokend.secrets import Secret, SecretSource
 from tokend.upstream import Issued
@@ -178,14 +179,14 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
     keepers: list[Keeper] = []
 
     async def make(lifetime: float = 100.0, before_start: Callable[[FakeSource], None] | None = None,
-                   **settings: Any) -> Rig:
+                   ledger: Ledger | None = None, **settings: Any) -> Rig:
         clock = VirtualClock()
         source = FakeSource(clock, lifetime)
         if before_start is not None:
             before_start(source)
         metrics = Metrics()
         keeper = Keeper(target(**settings), metrics.target("t1"), rand=half, client=source,
-                        clock=clock)
+                        clock=clock, ledger=ledger)
         keepers.append(keeper)
         keeper.start()
         await settle()
@@ -572,3 +573,64 @@ async def test_after_a_crash_the_status_names_the_internal_error(
     assert status["state"] == "expired"
     assert status["lastError"]["errorCode"] == "INTERNAL_ERROR"
     assert "ZeroDivisionError" in status["lastError"]["message"]
+
+
+# -- the lockout guard across restarts (SPEC §8.9) --------------------------------------------------
+
+START_WALL = 1000.0 + WALL_OFFSET  # the virtual wall clock when a rig starts
+
+
+def ledger_with(rejections: int, age: float) -> Ledger:
+    ledger = Ledger(b"k" * 32)
+    ledger.rejected("t1", ledger.secret_id(Secret("pw-1")), rejections, START_WALL - age)
+    return ledger
+
+
+async def test_rejections_recorded_before_a_restart_stop_logins_at_start(
+    rig_factory: Callable[..., Any],
+) -> None:
+    with capture_logs() as logs:
+        rig = await rig_factory(ledger=ledger_with(3, age=100.0), max_login_failures=3)
+        await rig.clock.advance(600.0)
+
+    assert rig.source.ops() == []
+    assert rig.keeper.state == "credentials_rejected"
+    restored = [e for e in logs if e["event"] == "lockout.restored"]
+    assert restored and restored[0]["log_level"] == "warning" and restored[0]["rejections"] == 3
+    lockout = rig.keeper.status(rig.clock.now, rig.clock.time())["lockout"]
+    assert lockout["rejections"] == 3 and lockout["expiresAt"].endswith("Z")
+
+
+async def test_login_spacing_is_honoured_across_a_restart(rig_factory: Callable[..., Any]) -> None:
+    rig = await rig_factory(ledger=ledger_with(1, age=10.0), login_retry_interval=60.0)
+    await rig.clock.advance(60.0)
+
+    assert [c.at for c in rig.source.calls] == [pytest.approx(1000.0 + 50.0)]
+
+
+async def test_a_record_older_than_fifteen_minutes_lets_logins_resume(
+    rig_factory: Callable[..., Any],
+) -> None:
+    rig = await rig_factory(ledger=ledger_with(3, age=901.0), max_login_failures=3)
+
+    assert rig.source.ops() == ["login"]
+    assert rig.keeper.state == "valid"
+
+
+async def test_a_rejection_is_recorded_and_a_successful_login_clears_it(
+    rig_factory: Callable[..., Any],
+) -> None:
+    ledger = Ledger(b"k" * 32)
+
+    def reject_once(source: FakeSource) -> None:
+        source.script("login", CredentialsRejected("bad", status=401))
+
+    rig = await rig_factory(ledger=ledger, before_start=reject_once, login_retry_interval=5.0)
+    record = ledger.record("t1")
+    assert record is not None and record.rejections == 1
+    assert record.secret_id == ledger.secret_id(Secret("pw-1"))
+
+    await rig.clock.advance(6.0)
+
+    assert rig.source.ops() == ["login", "login"] and rig.keeper.state == "valid"
+    assert ledger.record("t1") is None

@@ -56,6 +56,15 @@ CATALOGUE: dict[str, Event] = {
     "target.state_changed": Event(("debug", "info", "warning"), ("target", "old", "new"),
                                   "state transition; warning into degraded, expired or"
                                   " credentials_rejected, debug for a healthy refresh"),
+    "lockout.restored": Event(("info", "warning"), ("target", "rejections", "max_login_failures",
+                                                    "expires_at", "action"),
+                              "rejections of this secret recorded before a restart still count;"
+                              " warning when they stop logins"),
+    "lockout.ledger_unavailable": Event(("warning",), ("state_dir", "error", "action"),
+                                        "the lockout ledger cannot be kept on disk: rejections are"
+                                        " counted in memory only"),
+    "lockout.ledger_replaced": Event(("warning",), ("path", "error", "action"),
+                                     "a lockout ledger that cannot be read is started afresh"),
     "secret.unavailable": Event(("warning",), ("target", "key", "error", "action"),
                                 "the secret source changed but cannot be read (once per change):"
                                 " the secret in use is kept"),

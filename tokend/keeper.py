@@ -23,6 +23,7 @@ from tokend.clock import Clock, SystemClock
 from tokend.config import TargetConfig
 from tokend.errors import (
     ConfigError,
+    CredentialsRejected,
     InvalidResponse,
     TokendError,
     TransientError,
@@ -31,6 +32,7 @@ from tokend.errors import (
 )
 from tokend.filesink import TokenFile
 from tokend.jwtinfo import JWT_PATTERN, fingerprint
+from tokend.ledger import Ledger
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import TargetMetrics
 from tokend.schedule import (
@@ -113,7 +115,7 @@ class Keeper:
 
     def __init__(self, target: TargetConfig, metrics: TargetMetrics,
                  rand: Callable[[], float] = random.random, client: TokenSource | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, ledger: Ledger | None = None) -> None:
         self.target = target
         self.name = target.name
         self.metrics = metrics
@@ -124,6 +126,9 @@ class Keeper:
         self.first_attempt_done = asyncio.Event()
         self.sink = _token_file(target)
         self._secret: Secret | None = None  # read for the login about to be made
+        self.ledger = ledger if ledger is not None else Ledger.open(None, 0.0)
+        self._secret_id: str | None = None  # the ledger's id of the secret last read
+        self._restored = False  # the ledger was consulted for this keeper's first secret
         self._secret_stamp: object = None
         self._busy_since: float | None = None
         self._wake = asyncio.Event()
@@ -160,6 +165,7 @@ class Keeper:
             if self.sink is not None and served is not None:
                 self._sink_write(served, now)
         self.target = target
+        self.ledger.clear(self.name, self.clock.time())  # SIGHUP clears the record (SPEC §8.9)
         self._secret_stamp = None  # re-read the secret and the TLS material now
         self._perform_now(self.policy.reconfigure(now, target.policy()))
         self._wake.set()
@@ -205,7 +211,15 @@ class Keeper:
             "nextRefreshAt": iso_utc(wall + next_in) if next_in is not None else None,
             "consecutiveFailures": self.policy.failures,
             "lastError": self.last_error(now, wall),
+            "lockout": self._lockout(wall),
         }
+
+    def _lockout(self, wall: float) -> dict[str, Any] | None:
+        """The recorded rejections of this target that outlive a restart (SPEC §8.9), or None."""
+        record = self.ledger.record(self.name)
+        if record is None or not record.live(wall):
+            return None
+        return {"rejections": record.rejections, "expiresAt": iso_utc(record.expires_at())}
 
     # -- consumer requests ----------------------------------------------------------------------
 
@@ -349,6 +363,8 @@ class Keeper:
                 self.metrics.skew.set(issued.clock_skew)
             effects = self.policy.on_token(self.clock.monotonic(), admitted.token, operation,
                                            issued.refresh_id, issued.duration)
+            if operation == "login":
+                self.ledger.clear(self.name, self.clock.time())
             self.metrics.failures.set(0)
             self._perform_now(effects)
         finally:
@@ -387,6 +403,9 @@ class Keeper:
                       duration: float | None) -> None:
         if error.issued_refresh_id is not None:
             REDACTOR.register(error.issued_refresh_id)
+        if isinstance(error, CredentialsRejected) and operation == "login" and self._secret_id:
+            self.ledger.rejected(self.name, self._secret_id, self.policy.rejections() + 1,
+                                 self.clock.time())
         self.metrics.upstream(operation, error.outcome, duration)
         effects = self.policy.on_failure(self.clock.monotonic(), operation, error)
         self.metrics.failures.set(self.policy.failures)
@@ -441,7 +460,31 @@ class Keeper:
         REDACTOR.register(secret.reveal())
         if login:
             self._secret = secret
+        changed = self.policy.secret_digest not in (None, secret.digest)
+        self._secret_id = self.ledger.secret_id(secret)
+        if changed:  # a new secret starts a new count, here and in the ledger
+            self.ledger.clear(self.name, self.clock.time())
         self._perform_now(self.policy.on_secret(now, secret.digest, for_login=login))
+        if not self._restored:
+            self._restored = True
+            self._restore(now)
+
+    def _restore(self, now: float) -> None:
+        """At start: rejections of this secret recorded before a restart still count."""
+        assert self._secret_id is not None
+        wall = self.clock.time()
+        record = self.ledger.lookup(self.name, self._secret_id, wall)
+        if record is None:
+            return
+        effects = self.policy.restore(now, record.rejections, now - (wall - record.last_attempt))
+        locked = self.policy.locked_out
+        (self.log.warning if locked else self.log.info)(
+            "lockout.restored", rejections=record.rejections,
+            max_login_failures=self.target.max_login_failures,
+            expires_at=iso_utc(record.expires_at()),
+            action=("no login until the secret changes, SIGHUP, or the record expires" if locked
+                    else f"logins spaced by {self.target.login_retry_interval:g}s"))
+        self._perform_now(effects)
 
     def _check_trust(self) -> None:
         try:

@@ -509,6 +509,20 @@ class RefreshPolicy:
         """A problem that is no failed call (a secret source that cannot be read): ``lastError``."""
         self.last_failure = Failure(error, now)
 
+    def restore(self, now: float, rejections: int, last_attempt: float) -> list[Effect]:
+        """A record of the current secret's rejections from before a restart (SPEC §8.9).
+
+        ``last_attempt`` is the monotonic instant of the last rejected login (it may lie before
+        this process started). Logins are spaced from it, and none are made if it reached
+        ``max_login_failures``.
+        """
+        digest = self.secret_digest or ""
+        self._rejections[digest] = max(self._rejections.get(digest, 0), rejections)
+        if self._last_rejection_at is None or last_attempt > self._last_rejection_at:
+            self._last_rejection_at = last_attempt
+        self.attempted = self.attempted or self.locked_out
+        return self._state_effects(now)
+
     def inherit(self, previous: RefreshPolicy) -> None:
         """A keeper replaced at reload keeps its predecessor's login spacing (SPEC §5.5).
 
