@@ -47,8 +47,8 @@ import jwt
 import pytest
 from cryptography import x509
 
-from tests.conftest import assert_no_secrets
 from tests.harness import TLS, Tokend, Upstream, eventually, write_config
+from tests.support import assert_no_secrets
 from tokend.fake_sddc import CallRecord, DropWhen, FakeSddc, MalformedKind
 
 MakeUpstream = Callable[..., Awaitable[Upstream]]

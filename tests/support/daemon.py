@@ -48,6 +48,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
                           env=env or clean_env(), check=False)
 
 
+def assert_one_line_error(stderr: str, *names: str) -> None:
+    """An expected failure of a tokend command: one ``tokend: ...`` line on stderr naming every one
+    of ``names``, and no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip("\n").split("\n")
+    assert len(lines) == 1 and lines[0].strip(), stderr
+    assert lines[0].startswith("tokend: "), stderr
+    for name in names:
+        assert name in lines[0], (name, stderr)
+
+
 @dataclass
 class Tokend:
     """A ``tokend run`` process with the config at ``config_path``, served on ``socket``."""
