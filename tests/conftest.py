@@ -3,7 +3,7 @@ Manager over HTTPS, and ``tokend run`` processes with a leak check at teardown."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,8 @@ from tests.support import (
     Tokend,
     Upstream,
     assert_no_secrets,
-    socket_of,
+    configured_tokend,
     start_upstream,
-    tokend_config,
-    write_secret,
-    write_toml,
 )
 from tokend.fake_sddc import FakeSddc
 
@@ -73,18 +70,14 @@ async def make_tokend(workdir: Path, fakes: list[FakeSddc]) -> AsyncIterator[Cal
     started: list[Tokend] = []
 
     async def make(url: str, ca_pem: Path | None, *, wait: str | None = "ready",
-                   env: dict[str, str] | None = None, prefix: Sequence[str] = (),
-                   socket: Path | None = None, password: str = PASSWORD, **overrides: Any) -> Tokend:
-        """Write the config (``tokend_config`` with ``overrides``: ``server``, ``metrics``, ``log``,
-        ``target``, ``extra_targets``) and start the daemon, under ``prefix`` if given.
+                   env: dict[str, str] | None = None, **config: Any) -> Tokend:
+        """Start a daemon from ``configured_tokend(workdir, url, ca_pem, **config)`` (overrides of
+        ``server``, ``metrics``, ``log``, ``target``, ``extra_targets``; ``password``; a command
+        ``prefix`` and the ``socket`` it makes) with ``env`` added to the environment.
 
-        ``wait`` is "ready" (every target holds a token), "listening" or None. ``socket`` is where
-        the test talks to it, if not the configured one (a socket-activation prefix's).
+        ``wait`` is "ready" (every target holds a token), "listening" or None.
         """
-        config = tokend_config(workdir, url, ca_pem, **overrides)
-        write_secret(workdir / "password", password)
-        path = write_toml(workdir / "config.toml", config)
-        daemon = Tokend(workdir, path, socket or socket_of(config), prefix)
+        daemon = configured_tokend(workdir, url, ca_pem, **config)
         daemon.start(env)
         started.append(daemon)
         if wait == "ready":

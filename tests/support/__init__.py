@@ -5,7 +5,8 @@ Tests and benchmarks import from here; ``tests/conftest.py`` holds only the fixt
 
 - ``config``: :func:`tokend_config` and :func:`write_config` (overrides merged by key), :func:`merge`
 - ``toml``: the small TOML writer they use
-- ``daemon``: :class:`Tokend`, the ``tokend run`` process; :func:`run_cli` for one-shot commands
+- ``daemon``: :class:`Tokend`, the ``tokend run`` process (:func:`configured_tokend` writes its
+  config); :func:`run_cli` for one-shot commands
   and :func:`assert_one_line_error` for how they fail
 - ``client``: :class:`SocketClient` and its :class:`Answer`
 - ``upstream``: the fake SDDC Manager in this event loop (:func:`start_upstream`) or as a process
@@ -26,7 +27,14 @@ from tests.support.config import (
     write_secret,
     write_toml,
 )
-from tests.support.daemon import Tokend, assert_one_line_error, clean_env, run_cli, tokend_argv
+from tests.support.daemon import (
+    Tokend,
+    assert_one_line_error,
+    clean_env,
+    configured_tokend,
+    run_cli,
+    tokend_argv,
+)
 from tests.support.leaks import assert_no_secrets, secrets_of
 from tests.support.logs import LogFile, parse_events
 from tests.support.net import free_port
@@ -58,6 +66,7 @@ __all__ = [
     "assert_no_secrets",
     "assert_one_line_error",
     "clean_env",
+    "configured_tokend",
     "eventually",
     "free_port",
     "merge",

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from tests.support.client import Answer, SocketClient
+from tests.support.config import PASSWORD, socket_of, tokend_config, write_secret, write_toml
 from tests.support.logs import LogFile
 from tests.support.wait import eventually, wait_until
 
@@ -204,3 +205,15 @@ class Tokend:
         """The log events so far, only those called ``name`` if given."""
         return self.log.events(name)
 
+
+
+def configured_tokend(workdir: Path, url: str, ca_pem: Path | None = None, *,
+                      password: str = PASSWORD, prefix: Sequence[str] = (),
+                      socket: Path | None = None, **overrides: Any) -> Tokend:
+    """A :class:`Tokend` for ``workdir``, not started yet, with ``workdir/config.toml`` written
+    (:func:`~tests.support.config.tokend_config` with ``overrides``) and the password file, unless
+    there is one. ``socket`` is where to talk to it, if not the configured socket."""
+    config = tokend_config(workdir, url, ca_pem, **overrides)
+    write_secret(workdir / "password", password)
+    path = write_toml(workdir / "config.toml", config)
+    return Tokend(workdir, path, socket or socket_of(config), prefix)
