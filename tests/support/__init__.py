@@ -16,7 +16,7 @@ Tests and benchmarks import from here; ``tests/conftest.py`` holds only the fixt
 - ``net``, ``systemd``: :func:`free_port`, :class:`NotifyListener`
 """
 
-from tests.support.client import Answer, SocketClient
+from tests.support.client import Answer, Session, SocketClient
 from tests.support.config import (
     PASSWORD,
     USER,
@@ -60,6 +60,7 @@ __all__ = [
     "FakeProcess",
     "LogFile",
     "NotifyListener",
+    "Session",
     "SocketClient",
     "Tokend",
     "Upstream",
