@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.harness import eventually, write_config
+from tests.support import eventually, write_config
 from tokend import daemon as daemon_module
 from tokend.config import TargetConfig, load_config
 from tokend.daemon import Daemon
@@ -28,13 +28,6 @@ from tokend.secrets import read_secret
 
 URL_A = "http://127.0.0.1:9"
 URL_B = "http://127.0.0.1:10"
-SECOND_TARGET = """
-[[targets]]
-name = "t2"
-url = "http://127.0.0.1:11"
-username = "u"
-password_file = "{secret}"
-"""
 
 
 @dataclass
@@ -159,10 +152,12 @@ async def running(workdir: Path) -> AsyncIterator[Running]:
             await handle.stop()
 
 
-def rewrite(workdir: Path, url: str, extra: bool = False, **settings: str) -> None:
-    extra_targets = SECOND_TARGET.format(secret=workdir / "password") if extra else ""
-    server = 'default_target = "t1"' if extra else ""
-    write_config(workdir, url, None, server=server, extra_targets=extra_targets, settings=settings)
+def rewrite(workdir: Path, url: str, extra: bool = False, **target: Any) -> None:
+    """The config at ``url`` with these target settings; with ``extra``, a second target ``t2``."""
+    second = {"name": "t2", "url": "http://127.0.0.1:11", "username": "u",
+              "password_file": str(workdir / "password")}
+    write_config(workdir, url, server={"default_target": "t1"} if extra else {},
+                 target=target, extra_targets=[second] if extra else [])
 
 
 async def test_two_sighups_after_a_url_change_start_one_replacement_and_no_orphan(
@@ -229,14 +224,14 @@ async def test_sighup_adding_a_target_then_stop_leaves_no_running_keeper(
 async def test_sigterm_waits_for_a_reload_at_most_its_request_timeout(
         workdir: Path, stub_keepers: Journal) -> None:
     journal = stub_keepers
-    write_config(workdir, URL_A, None, settings={"request_timeout": '"1s"'})
+    write_config(workdir, URL_A, target={"request_timeout": "1s"})
     with capture_logs() as logs:
         daemon = Daemon(load_config(workdir / "config.toml"))
         task = asyncio.create_task(daemon.run())
         await eventually(lambda: any(e["event"] == "daemon.started" for e in logs), 5,
                          what="the daemon to start")
         [original] = journal.keepers
-        rewrite(workdir, URL_B, request_timeout='"1s"')
+        rewrite(workdir, URL_B, request_timeout="1s")
         journal.hold_stops = asyncio.Event()  # never set: this reload hangs in its commit
         daemon.reload()
         await eventually(lambda: ("stop", original) in journal.entries, 5, what="the retirement")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import tokend.keeper
-from tests.harness import PASSWORD, USER, eventually, write_config
+from tests.support import PASSWORD, USER, eventually, write_config
 from tokend.config import load_config
 from tokend.daemon import Daemon
 from tokend.systemd import Notifier
