@@ -9,6 +9,12 @@ It follows the vendor's OpenAPI extract (``shared/sddc-manager-tokens.openapi.js
 - ``DELETE /v1/tokens/refresh-token`` revokes a refresh token and answers 204;
 - ``GET /v1/domains`` answers a one-domain ``PageOfDomain`` to a valid bearer token, else 401.
 
+For tests of tokend's proxy, three more routes take a valid bearer token like ``/v1/domains``:
+``/v1/echo`` (any method: what arrived, as JSON), ``PUT /v1/sink`` (hashes the body as it streams
+in, never holding it) and ``GET /v1/stream?bytes=N`` (N bytes of a fixed pattern, streamed; with
+``&length=1`` a ``Content-Length``). Any other path is recorded (operation ``other``) and answered
+404, so a test sees whatever reached the fake.
+
 Failures are ``Error`` objects shaped like the vendor's. :class:`Faults` makes the fake misbehave on
 demand (errors, outages, delays, dropped connections, redirects, malformed answers, odd claims and
 TokenPair shapes, clock skew) so tests can drive a client through every path. It is used by
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
+import hashlib
 import ipaddress
 import json
 import math
@@ -37,8 +44,8 @@ from typing import Any, Literal
 import jwt
 from aiohttp import web
 
-Operation = Literal["login", "refresh", "revoke", "domains"]
-FaultTarget = Literal["login", "refresh", "revoke", "domains", "any"]
+Operation = Literal["login", "refresh", "revoke", "domains", "echo", "sink", "stream", "other"]
+FaultTarget = Literal["login", "refresh", "revoke", "domains", "echo", "sink", "stream", "any"]
 BodyForm = Literal["json_string", "bare"]
 MalformedKind = Literal[
     "not_json", "not_jwt", "no_exp", "expired", "iat_future", "missing_fields", "wrong_types",
@@ -67,6 +74,7 @@ ODD_CLAIM_KINDS: frozenset[str] = frozenset(
 )
 
 _REFERENCE_ALPHABET = string.ascii_uppercase + string.digits
+STREAM_CHUNK = 64 * 1024
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -286,6 +294,7 @@ class FakeSddc:
         self.calls: list[CallRecord] = []
         self.issued_access_tokens: list[str] = []
         self.issued_refresh_ids: list[str] = []
+        self.sink_digests: list[tuple[int, str]] = []  # (bytes, sha256 hex) of each PUT /v1/sink
         self._secret = secrets.token_bytes(32)
         self._refresh: dict[str, _RefreshEntry] = {}
         self._access_exp: dict[str, float] = {}
@@ -316,6 +325,11 @@ class FakeSddc:
         """Forget every refresh token, as if an administrator revoked them all."""
         self._refresh.clear()
 
+    def revoke_access_tokens(self) -> None:
+        """Refuse every access token issued so far (401 ``Unauthorized``), as after a restart of
+        the SDDC Manager's token service; refresh tokens stay valid."""
+        self._access_exp.clear()
+
     def app(self) -> web.Application:
         """The aiohttp application serving the token API and ``GET /v1/domains``."""
         app = web.Application()
@@ -324,6 +338,10 @@ class FakeSddc:
         app.router.add_patch("/v1/tokens/access-token/refresh", self._wrap("refresh", self._refresh_access))
         app.router.add_delete("/v1/tokens/refresh-token", self._wrap("revoke", self._revoke))
         app.router.add_get("/v1/domains", self._wrap("domains", self._domains))
+        app.router.add_route("*", "/v1/echo", self._wrap("echo", self._echo_request))
+        app.router.add_put("/v1/sink", self._wrap("sink", self._sink, read_body=False))
+        app.router.add_get("/v1/stream", self._wrap("stream", self._stream))
+        app.router.add_route("*", "/{anything:.*}", self._wrap("other", self._other))
         return app
 
     # -- tokens -----------------------------------------------------------------------------------
@@ -422,11 +440,14 @@ class FakeSddc:
         """Date from the fake's clock, so injected skew shows where clients measure it."""
         response.headers["Date"] = email.utils.formatdate(self.now(), usegmt=True)
 
-    def _wrap(self, operation: Operation, handler: _Handler) -> _RouteHandler:
-        """Record the call and apply delays, outages and queued faults around ``handler``."""
+    def _wrap(self, operation: Operation, handler: _Handler, read_body: bool = True) -> _RouteHandler:
+        """Record the call and apply delays, outages and queued faults around ``handler``.
+
+        ``read_body`` False leaves the body to the handler (recorded as empty).
+        """
 
         async def run(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
+            body = await request.read() if read_body else b""
             record = CallRecord(
                 operation=operation,
                 status=0,
@@ -592,19 +613,85 @@ class FakeSddc:
 
     async def _domains(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/domains``: one management domain for a valid bearer token."""
-        auth = request.headers.get("Authorization", "")
-        if not self._bearer_valid(auth):
-            message = UNAUTHORIZED_MESSAGE
-            if self.faults.echo_secrets_in_errors and auth:
-                message = f"{message}: {auth}"
-            return _json_response({"errorCode": "Unauthorized", "message": message}, 401)
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
         malformed = self.faults.take_malformed("domains")
         if malformed is not None:
             return _malformed_other(malformed)
         return _json_response(_page_of_domain(), 200)
 
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        """The 401 of a protected endpoint without a valid bearer token, or None."""
+        auth = request.headers.get("Authorization", "")
+        if self._bearer_valid(auth):
+            return None
+        message = UNAUTHORIZED_MESSAGE
+        if self.faults.echo_secrets_in_errors and auth:
+            message = f"{message}: {auth}"
+        return _json_response({"errorCode": "Unauthorized", "message": message}, 401)
+
+    async def _echo_request(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/echo``, any method: what arrived (the Authorization value only as its scheme)."""
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        body = await request.read()
+        headers = [[name, value.split(" ")[0] if name.lower() == "authorization" else value]
+                   for name, value in request.headers.items()]
+        return _json_response({
+            "method": request.method, "path": request.raw_path, "headers": headers,
+            "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+        }, 200)
+
+    async def _sink(self, request: web.Request) -> web.StreamResponse:
+        """``PUT /v1/sink``: the body hashed as it arrives, never held; its size and SHA-256."""
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_chunked(STREAM_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        self.sink_digests.append((size, digest.hexdigest()))
+        return _json_response({"bytes": size, "sha256": digest.hexdigest()}, 200)
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/stream?bytes=N``: N bytes of :func:`stream_bytes`, streamed (``&length=1``:
+        with a Content-Length; else chunked)."""
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        size = int(request.query.get("bytes", "0"))
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        if request.query.get("length") == "1":
+            response.content_length = size
+        await response.prepare(request)
+        for chunk in stream_bytes(size):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def _other(self, request: web.Request) -> web.StreamResponse:
+        """Any other path: recorded, and 404 as SDDC Manager would."""
+        return _error_response(404, "NOT_FOUND", f"No resource at {request.path[:100]}",
+                               "Check the API reference.")
+
 
 # -- helpers without state ------------------------------------------------------------------------
+
+
+def stream_bytes(size: int) -> Iterable[bytes]:
+    """``size`` bytes of a fixed, non-repeating-per-chunk pattern, in chunks of STREAM_CHUNK."""
+    sent = 0
+    index = 0
+    while sent < size:
+        block = hashlib.sha256(index.to_bytes(8, "big")).digest() * (STREAM_CHUNK // 32)
+        chunk = block[:size - sent]
+        sent += len(chunk)
+        index += 1
+        yield chunk
 
 
 def _body_form(body: bytes) -> BodyForm | None:
