@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import trustme
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tokend.config import PROXY_KEYS, Config, describe, load_config
+from tokend.config import PROXY_KEYS, Config, describe, load_config, parse_config
 from tokend.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -279,3 +281,32 @@ def test_the_example_config_documents_every_proxy_key_and_its_table_loads(
     table = table.replace('target = "sfo-vcf01"', 'target = "a"')
     config = load(tmp_path, pw_file, table)
     assert config.proxies[0].target == "a" and config.proxies[0].socket is not None
+
+
+# --- any table at all ---------------------------------------------------------------------------
+
+proxy_keys = st.sampled_from([*PROXY_KEYS, "bogus"])
+toml_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 100_000), st.floats(allow_nan=True),
+    st.text(max_size=12), st.sampled_from(["a", "b", "/run/a.sock", "127.0.0.1:9443", "0.0.0.0:1",
+                                           "30m", "0660", "/u", "[::1]:1"]),
+    st.lists(st.integers(0, 10), max_size=3), st.lists(st.text(max_size=5), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(proxy_keys, toml_values, max_size=7))
+def test_any_proxy_table_loads_or_names_a_proxies_key(table: dict[str, object]) -> None:
+    table = {k: v for k, v in table.items() if v is not None}
+    targets = [{"name": "a", "url": "https://a.example", "username": "u",
+                "password_file": "/etc/tokend/pw"}]
+    try:
+        config = parse_config({"targets": targets, "proxies": [table]},
+                              Path("/etc/tokend/config.toml"), file_mode=0o600)
+    except ConfigError as exc:
+        assert exc.key.startswith("proxies[0]"), str(exc)
+        assert str(exc).startswith(exc.key + ": ")
+        return
+    (proxy,) = config.proxies
+    assert proxy.target == "a" and (proxy.socket is not None or proxy.listen is not None)

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -504,3 +505,26 @@ async def test_socket_activation_matches_the_proxy_socket_by_its_name(
     for fake in fakes:
         for secret in [*fake.issued_access_tokens, PASSWORD]:
             assert secret not in out
+
+
+async def test_proxy_metrics_count_each_outcome(make_proxied: Callable[..., Any]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proxied: Proxied = await make_proxied({"access_ttl": 60},
+                                          metrics_listen=f"127.0.0.1:{port}")
+    assert (await proxied.request("GET", "/v1/domains")).status == 200
+    assert status_of(await proxied.raw(b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n")) == 400
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    series = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line.startswith("tokend_proxy_")}
+    assert series['tokend_proxy_requests_total{outcome="forwarded",target="t1"}'] == 1
+    assert series['tokend_proxy_requests_total{outcome="refused",target="t1"}'] == 1
+    for outcome in ("retried_after_401", "unavailable", "unauthorized", "upstream_error"):
+        assert series[f'tokend_proxy_requests_total{{outcome="{outcome}",target="t1"}}'] == 0
+    assert series['tokend_proxy_request_duration_seconds_count{target="t1"}'] == 1
+    for outcome in ("success", "rejected", "rate_limited"):
+        assert series[f'tokend_proxy_logins_total{{outcome="{outcome}",target="t1"}}'] == 0
+    assert proxied.fake.issued_access_tokens[-1] not in text
