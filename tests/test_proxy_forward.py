@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -23,7 +23,7 @@ from tokend.keeper import ServeError
 from tokend.logs import REDACTED, REDACTOR
 from tokend.metrics import Metrics
 from tokend.proxy.canon import parse_request_target
-from tokend.proxy.forward import Forwarded, Forwarder, _decode, redact_body
+from tokend.proxy.forward import Forwarded, Forwarder, decode_body, redact_body
 from tokend.schedule import HeldToken
 from tokend.secrets import SecretSource
 
@@ -131,15 +131,15 @@ def test_redact_body_replaces_secrets_and_jwts_and_says_when_nothing_changed() -
 
 def test_decode_reads_gzip_and_both_deflates_and_refuses_the_rest() -> None:
     text = b'{"message": "x"}' * 10
-    assert _decode(text, "identity") == text
-    assert _decode(gzip.compress(text), "gzip") == text
-    assert _decode(zlib.compress(text), "deflate") == text
+    assert decode_body(text, "identity") == text
+    assert decode_body(gzip.compress(text), "gzip") == text
+    assert decode_body(zlib.compress(text), "deflate") == text
     raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-    assert _decode(raw.compress(text) + raw.flush(), "deflate") == text
-    assert _decode(text, "br") is None
-    assert _decode(b"not gzip", "gzip") is None
-    assert _decode(gzip.compress(b"\0" * (2 << 20)), "gzip") is None  # inflates past 1 MiB
-    assert _decode(gzip.compress(text)[:-10], "gzip") is None  # truncated
+    assert decode_body(raw.compress(text) + raw.flush(), "deflate") == text
+    assert decode_body(text, "br") is None
+    assert decode_body(b"not gzip", "gzip") is None
+    assert decode_body(gzip.compress(b"\0" * (2 << 20)), "gzip") is None  # inflates past 1 MiB
+    assert decode_body(gzip.compress(text)[:-10], "gzip") is None  # truncated
 
 
 # -- against a local upstream ------------------------------------------------------------------
@@ -331,5 +331,3 @@ async def test_another_401_is_passed_on_untouched(cleanup: list[Any]) -> None:
     assert resp.status == 401 and (await resp.json())["errorCode"] == "ACCESS_DENIED"
     assert keeper.reports == [] and results[0].outcome == "forwarded"
 
-
-Factory = Callable[..., Awaitable[Any]]

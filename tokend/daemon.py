@@ -405,9 +405,8 @@ class Daemon:
                 if old is not None and old.config.socket == proxy_config.socket:
                     plan.proxies_kept.append(proxy_config)
                     current = old.forwarder
-                    if current is None or current.settings_key() != (
-                            target.connection_key(), proxy_config.max_upstream_connections,
-                            proxy_config.response_timeout):
+                    if current is None or current.settings_key() != Forwarder.key_for(
+                            target, proxy_config):
                         plan.proxies_forwarders[old.name] = old.build_forwarder(target, proxy_config)
                     continue
                 if old is not None:

@@ -149,10 +149,14 @@ class Forwarder:
         self._failures_suppressed = 0
         self.in_flight = 0
 
+    @staticmethod
+    def key_for(target: TargetConfig, proxy: ProxyConfig) -> tuple[object, ...]:
+        """What must stay equal on reload for a forwarder to stay in use."""
+        return (target.connection_key(), proxy.max_upstream_connections, proxy.response_timeout)
+
     def settings_key(self) -> tuple[object, ...]:
-        """What must stay equal on reload for this forwarder to stay in use."""
-        return (self.target.connection_key(), self.proxy.max_upstream_connections,
-                self.proxy.response_timeout)
+        """:meth:`key_for` this forwarder's settings."""
+        return self.key_for(self.target, self.proxy)
 
     async def close(self) -> None:
         """Close the connection pool (answers in flight on it fail) and end background reports."""
@@ -368,7 +372,7 @@ class Forwarder:
         redacted: bytes | None = None
         if body is not None:
             coding = out.get("Content-Encoding", "identity").strip().lower()
-            decoded = _decode(body, coding)
+            decoded = decode_body(body, coding)
             if decoded is None:
                 why = f"it is encoded as {coding[:40]!r}, which tokend cannot read"
             else:
@@ -467,7 +471,7 @@ def _has_body(method: str, status: int) -> bool:
     return method != "HEAD" and status not in (204, 304)
 
 
-def _decode(body: bytes, coding: str) -> bytes | None:
+def decode_body(body: bytes, coding: str) -> bytes | None:
     """``body`` decoded from ``coding`` (identity, gzip, deflate), or None if tokend cannot."""
     if coding in ("", "identity"):
         return body
