@@ -74,6 +74,22 @@ async def test_curl_through_the_unix_proxy_gets_the_fakes_answer(proxied: Proxie
     assert lines[0]["status"] == 200 and lines[0]["outcome"] == "forwarded"
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_curl_uploads_with_expect_100_continue(proxied: Proxied, workdir: Path) -> None:
+    upload = workdir / "bundle.bin"
+    upload.write_bytes(os.urandom(3 * MIB))  # curl sends Expect: 100-continue above 1 MiB
+    done = await asyncio.to_thread(
+        subprocess.run, ["curl", "-sS", "-v", "--unix-socket", str(proxied.socket), "-T",
+                         str(upload), "http://x/v1/sink"], capture_output=True, timeout=30,
+        check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout) == {"bytes": 3 * MIB,
+                                       "sha256": hashlib.sha256(upload.read_bytes()).hexdigest()}
+    # tokend answers 100 Continue itself: curl does not sit out its 1 s wait for it.
+    assert b"> Expect: 100-continue" in done.stderr
+    assert b"< HTTP/1.1 100 Continue" in done.stderr
+
+
 async def test_methods_bodies_and_answers_pass_unchanged(proxied: Proxied) -> None:
     body = os.urandom(3000)
     answer = await proxied.request("POST", "/v1/echo?x=%2F%2e.&y=1", body,
