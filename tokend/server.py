@@ -32,9 +32,8 @@ DENIAL_LOG_INTERVAL = 60.0
 # The request line and headers must arrive within this, and an idle keep-alive connection is closed
 # after it (aiohttp's keep-alive timer runs from accept and between requests).
 IDLE_TIMEOUT = 10.0
-# Open connections of one uid, and in all: one uid cannot starve another, nor tokend of descriptors.
-MAX_CONNECTIONS_PER_UID = 128  # a host's automation, 100 workers under one account, fits
-MAX_CONNECTIONS = 512  # well inside the usual 1024 descriptors
+# Open connections of one uid, and in all, are [server] max_connections_per_uid and max_connections:
+# one uid cannot starve another, nor tokend of descriptors (SPEC §8).
 # Every 503 tokend generates says when to ask again (SPEC §8.6); a probe's answer can change at the
 # keepers' next step, and the systemd STATUS= lines are sent at this interval too.
 PROBE_RETRY_AFTER = 5
@@ -221,62 +220,107 @@ async def _readyz_socket(request: web.Request, hub: Hub) -> web.Response:
 # -- accepting connections ---------------------------------------------------------------------
 
 
-class PeerGate:
-    """Decides at accept time; remembers whom it denied, to log each uid once a minute."""
+class ConnectionSlots:
+    """The open connections of every Unix listener of one daemon, by uid: the limits are shared."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self) -> None:
+        self._open: dict[int, list[asyncio.BaseTransport]] = {}
+
+    def take(self, uid: int, transport: asyncio.BaseTransport, per_uid: int,
+             total: int) -> str | None:
+        """Count ``transport`` against ``uid`` and the total, or say why not (limits reached)."""
+        for key in list(self._open):
+            alive = [t for t in self._open[key] if not t.is_closing()]
+            if alive:
+                self._open[key] = alive
+            else:
+                del self._open[key]
+        mine = self._open.get(uid, [])
+        in_all = sum(len(ts) for ts in self._open.values())
+        if len(mine) >= per_uid:
+            return (f"uid {uid} already has {len(mine)} connections open to tokend, the most one"
+                    " uid may have (server.max_connections_per_uid)")
+        if in_all >= total:
+            return (f"tokend already has {in_all} connections open, the most it accepts"
+                    " (server.max_connections)")
+        self._open[uid] = [*mine, transport]
+        return None
+
+
+class PeerGate:
+    """Decides at accept time; remembers whom it denied, to log each uid once a minute.
+
+    The gate of the §4 API socket. A proxy's socket has a gate of its own (a subclass): its own
+    allow-lists, messages and counters, the same connection slots.
+    """
+
+    def __init__(self, hub: Hub, slots: ConnectionSlots | None = None) -> None:
         self.hub = hub
+        self.slots = slots if slots is not None else ConnectionSlots()
         self._last_logged: dict[int, float] = {}
         self._last_limit_logged: dict[int, float] = {}
-        self._open: dict[int, list[asyncio.BaseTransport]] = {}
 
     def admit(self, peer: Peer) -> bool:
         """Whether ``peer`` may talk to the API (the allow-lists as currently loaded)."""
         return admits(self.hub.config.server, peer)
 
+    def denial(self, peer: Peer) -> tuple[str, str]:
+        """The message and remediation of the 403 a denied ``peer`` gets."""
+        return denial_message(peer)
+
+    def count(self, outcome: str) -> None:
+        """Count a request answered at the door: ``forbidden``, ``unavailable`` or ``bad_request``."""
+        self.hub.metrics.requests.counts[outcome] += 1
+
+    def log_fields(self) -> dict[str, Any]:
+        """Fields added to this gate's log lines (a proxy names its target)."""
+        return {}
+
     def denied(self, peer: Peer) -> None:
         """Count and (rate-limited) log a denied peer."""
-        self.hub.metrics.requests.counts["forbidden"] += 1
+        self.count("forbidden")
         now = time.monotonic()
         if now - self._last_logged.get(peer.uid, -math.inf) >= DENIAL_LOG_INTERVAL:
             self._last_logged[peer.uid] = now
             if len(self._last_logged) > 4096:  # bounded, whatever uids come and go
                 self._last_logged = {peer.uid: now}
-            message, remediation = denial_message(peer)
+            message, remediation = self.denial(peer)
             log.warning("consumer.denied", uid=peer.uid, gid=peer.gid, pid=peer.pid,
-                        groups=sorted(peer.groups), message=message, remediation=remediation)
+                        groups=sorted(peer.groups), message=message, remediation=remediation,
+                        **self.log_fields())
 
     def take_slot(self, peer: Peer, transport: asyncio.BaseTransport) -> tuple[str, str] | None:
         """Count ``transport`` against its uid and the total, or say (message, remediation) why not."""
-        open_now = {uid: [t for t in ts if not t.is_closing()] for uid, ts in self._open.items()}
-        self._open = {uid: ts for uid, ts in open_now.items() if ts}
-        mine = self._open.get(peer.uid, [])
-        total = sum(len(ts) for ts in self._open.values())
-        if len(mine) >= MAX_CONNECTIONS_PER_UID:
-            why = (f"uid {peer.uid} already has {len(mine)} connections open to tokend, the most"
-                   " one uid may have")
-        elif total >= MAX_CONNECTIONS:
-            why = f"tokend already has {total} connections open, the most it accepts"
-        else:
-            self._open[peer.uid] = [*mine, transport]
+        server = self.hub.config.server
+        why = self.slots.take(peer.uid, transport, server.max_connections_per_uid,
+                              server.max_connections)
+        if why is None:
             return None
-        self.hub.metrics.requests.counts["unavailable"] += 1
+        self.count("unavailable")
         now = time.monotonic()
         if now - self._last_limit_logged.get(peer.uid, -math.inf) >= DENIAL_LOG_INTERVAL:
             self._last_limit_logged[peer.uid] = now
             if len(self._last_limit_logged) > 4096:
                 self._last_limit_logged = {peer.uid: now}
-            log.warning("consumer.connection_limit", uid=peer.uid, pid=peer.pid, message=why)
+            log.warning("consumer.connection_limit", uid=peer.uid, pid=peer.pid, message=why,
+                        **self.log_fields())
         return why, "Reuse one connection, or close idle ones; retry after Retry-After"
+
+
+def peer_of_request(request: BaseRequest) -> Peer | None:
+    """The peer a gated listener admitted this request's connection for (None elsewhere)."""
+    protocol = request.protocol
+    return protocol.peer if isinstance(protocol, _Handler) else None
 
 
 class _Handler(RequestHandler):
     """aiohttp's connection handler, answering what its parser refuses in the Error shape too."""
 
-    def __init__(self, server: web.Server, hub: Hub) -> None:
+    def __init__(self, server: web.Server, gate: PeerGate, peer: Peer | None = None) -> None:
         kwargs: dict[str, Any] = server._kwargs
         super().__init__(server, loop=asyncio.get_running_loop(), **kwargs)
-        self._hub = hub
+        self._gate = gate
+        self.peer = peer  # whom the gate admitted: the proxy logs the uid and hands it to logins
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
@@ -289,7 +333,7 @@ class _Handler(RequestHandler):
             code, text = "INTERNAL_ERROR", "tokend failed to answer this request"
         else:
             # A consumer's malformed request: its problem, not an operator's, so not at error level.
-            self._hub.metrics.requests.counts["bad_request"] += 1
+            self._gate.count("bad_request")
             log.debug("request.malformed", status=status, error=str(message or exc)[:200])
             code, text = "BAD_REQUEST", f"malformed HTTP request ({message or exc})"[:300]
         headers = {"Retry-After": str(PROBE_RETRY_AFTER)} if status == 503 else None
@@ -318,7 +362,7 @@ class _GateProtocol(asyncio.Protocol):
         if peer is None or not self._gate.admit(peer):
             if peer is not None:
                 self._gate.denied(peer)
-                message, remediation = denial_message(peer)
+                message, remediation = self._gate.denial(peer)
             else:
                 message, remediation = "peer credentials unavailable", ""
             assert isinstance(transport, asyncio.WriteTransport)
@@ -333,7 +377,7 @@ class _GateProtocol(asyncio.Protocol):
                                            error_body("TOO_MANY_CONNECTIONS", *refused)))
             transport.close()
             return
-        handler = _Handler(self._server, self._gate.hub)
+        handler = _Handler(self._server, self._gate, peer)
         transport.set_protocol(handler)
         handler.connection_made(transport)
 
@@ -344,8 +388,9 @@ class _GateProtocol(asyncio.Protocol):
 class GatedUnixSite(web.BaseSite):
     """Like aiohttp's SockSite for a bound Unix socket, with the peer check at accept."""
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, gate: PeerGate) -> None:
-        super().__init__(runner)
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, gate: PeerGate,
+                 backlog: int = 128) -> None:
+        super().__init__(runner, backlog=backlog)
         self._sock = sock
         self._gate = gate
 

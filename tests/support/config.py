@@ -44,10 +44,12 @@ def merge(base: Overrides, overrides: Overrides) -> dict[str, Any]:
 def tokend_config(workdir: Path, url: str, ca_pem: Path | None = None, *,
                   server: Overrides | None = None, metrics: Overrides | None = None,
                   log: Overrides | None = None, target: Overrides | None = None,
-                  extra_targets: Iterable[Overrides] = ()) -> dict[str, Any]:
+                  extra_targets: Iterable[Overrides] = (),
+                  proxies: Iterable[Overrides] = ()) -> dict[str, Any]:
     """The base config for one target at ``url``, each section merged with its overrides.
 
-    ``target`` applies to the first target, ``t1``; ``extra_targets`` are appended as given.
+    ``target`` applies to the first target, ``t1``; ``extra_targets`` are appended as given, and
+    so are ``proxies`` (``[[proxies]]`` tables).
     """
     first: dict[str, Any] = {
         "name": "t1",
@@ -64,6 +66,7 @@ def tokend_config(workdir: Path, url: str, ca_pem: Path | None = None, *,
         "metrics": merge({"listen": ""}, metrics or {}),
         "log": merge({"level": "debug", "format": "json"}, log or {}),
         "targets": [merge(first, target or {}), *(dict(t) for t in extra_targets)],
+        **({"proxies": [dict(p) for p in proxies]} if proxies else {}),
     }
 
 

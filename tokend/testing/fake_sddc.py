@@ -33,6 +33,7 @@ from aiohttp import web
 
 from tokend.testing.claims import ODD_CLAIM_KINDS, access_claims, sign
 from tokend.testing.faults import TOKEN_OPERATIONS, Faults, MalformedKind, Operation, ScriptedFault
+from tokend.testing.proxy_routes import add_proxy_routes
 from tokend.testing.wire import (
     UNAUTHORIZED_MESSAGE,
     BodyForm,
@@ -110,6 +111,7 @@ class FakeSddc:
         self.calls: list[CallRecord] = []
         self.issued_access_tokens: list[str] = []
         self.issued_refresh_ids: list[str] = []
+        self.sink_digests: list[tuple[int, str]] = []  # (bytes, sha256 hex) of each PUT /v1/sink
         self._secret = secrets.token_bytes(32)
         self._refresh: dict[str, _RefreshEntry] = {}
         self._access_exp: dict[str, float] = {}
@@ -140,6 +142,11 @@ class FakeSddc:
         """Forget every refresh token, as if an administrator revoked them all."""
         self._refresh.clear()
 
+    def revoke_access_tokens(self) -> None:
+        """Refuse every access token issued so far (401 ``Unauthorized``), as after a restart of
+        the SDDC Manager's token service; refresh tokens stay valid."""
+        self._access_exp.clear()
+
     def app(self) -> web.Application:
         """The aiohttp application serving the token API and ``GET /v1/domains``."""
         app = web.Application()
@@ -148,6 +155,7 @@ class FakeSddc:
         app.router.add_patch("/v1/tokens/access-token/refresh", self._wrap("refresh", self._refresh_access))
         app.router.add_delete("/v1/tokens/refresh-token", self._wrap("revoke", self._revoke))
         app.router.add_get("/v1/domains", self._wrap("domains", self._domains))
+        add_proxy_routes(app, self)  # for tests of tokend's proxy; last: it ends in a catch-all
         return app
 
     # -- tokens -----------------------------------------------------------------------------------
@@ -206,11 +214,14 @@ class FakeSddc:
         """Date from the fake's clock, so injected skew shows where clients measure it."""
         response.headers["Date"] = email.utils.formatdate(self.now(), usegmt=True)
 
-    def _wrap(self, operation: Operation, handler: _Handler) -> _Handler:
-        """Record the call and apply delays, outages and queued faults around ``handler``."""
+    def _wrap(self, operation: Operation, handler: _Handler, read_body: bool = True) -> _Handler:
+        """Record the call and apply delays, outages and queued faults around ``handler``.
+
+        ``read_body`` False leaves the body to the handler (recorded as empty).
+        """
 
         async def run(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
+            body = await request.read() if read_body else b""
             record = CallRecord(
                 operation=operation,
                 status=0,
@@ -376,16 +387,24 @@ class FakeSddc:
 
     async def _domains(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/domains``: one management domain for a valid bearer token."""
-        auth = request.headers.get("Authorization", "")
-        if not self._bearer_valid(auth):
-            message = UNAUTHORIZED_MESSAGE
-            if self.faults.echo_secrets_in_errors and auth:
-                message = f"{message}: {auth}"
-            return json_response({"errorCode": "Unauthorized", "message": message}, 401)
+        refused = self.unauthorized(request)
+        if refused is not None:
+            return refused
         malformed = self.faults.take_malformed("domains")
         if malformed is not None:
             return malformed_other(malformed)
         return json_response(page_of_domain(), 200)
+
+
+    def unauthorized(self, request: web.Request) -> web.Response | None:
+        """The 401 of a protected endpoint without a valid bearer token, or None."""
+        auth = request.headers.get("Authorization", "")
+        if self._bearer_valid(auth):
+            return None
+        message = UNAUTHORIZED_MESSAGE
+        if self.faults.echo_secrets_in_errors and auth:
+            message = f"{message}: {auth}"
+        return json_response({"errorCode": "Unauthorized", "message": message}, 401)
 
 
 async def start_fake(

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 #: The calls the fake answers: the three token endpoints and ``GET /v1/domains``.
-Operation = Literal["login", "refresh", "revoke", "domains"]
+Operation = Literal["login", "refresh", "revoke", "domains", "echo", "sink", "stream", "other"]
 #: What a fault applies to: one operation, or ``"any"`` of the three token endpoints.
-FaultTarget = Literal["login", "refresh", "revoke", "domains", "any"]
+FaultTarget = Literal["login", "refresh", "revoke", "domains", "echo", "sink", "stream", "any"]
 #: How a broken connection is broken: after the headers, or before any answer.
 DropWhen = Literal["headers", "no_response"]
 #: The ways a successful answer can be malformed (see :meth:`Faults.malformed_next`).
