@@ -54,7 +54,7 @@ JOURNAL = Journal()
 class StubKeeper:
     """The Keeper interface the daemon relies on, with no upstream behind it."""
 
-    def __init__(self, target: TargetConfig, metrics: TargetMetrics) -> None:
+    def __init__(self, target: TargetConfig, metrics: TargetMetrics, ledger: object = None) -> None:
         self.target = target
         self.name = target.name
         self.metrics = metrics

@@ -36,6 +36,7 @@ from tokend.errors import ConfigError
 from tokend.filesink import TokenFile
 from tokend.harden import raise_open_files_limit
 from tokend.keeper import Keeper
+from tokend.ledger import Ledger
 from tokend.listen import SocketLock, activated_sockets, bind_unix
 from tokend.logs import configure, get_logger
 from tokend.metrics import Metrics, TargetMetrics
@@ -88,6 +89,7 @@ class Daemon:
         self.keepers: dict[str, Keeper] = {}
         self.proxies: dict[str, Proxy] = {}
         self.slots = ConnectionSlots()  # every Unix listener's connections count together
+        self.ledger = Ledger.open(None, time.time())  # the one under state_dir once running
         self.notifier = notifier or Notifier()
         self._stop = asyncio.Event()
         self._socket_path: Path | None = None
@@ -125,6 +127,8 @@ class Daemon:
         self._fit_open_files(self.config)
         sock = self._open_socket()
         try:
+            # After the socket lock (a second tokend fails first), before any keeper logs in.
+            self.ledger = Ledger.open(self.config.server.state_dir, time.time())
             self._open_proxies()
             await self._serve(sock)
         finally:
@@ -210,7 +214,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for target in self.config.targets:
             self._warn_tls(target)
-            self._start(Keeper(target, self.metrics.target(target.name)))
+            self._start(Keeper(target, self.metrics.target(target.name), ledger=self.ledger))
         runner = web.AppRunner(socket_app(self), access_log=None, handle_signals=False,
                                shutdown_timeout=SHUTDOWN_GRACE, keepalive_timeout=IDLE_TIMEOUT)
         await runner.setup()
@@ -375,7 +379,8 @@ class Daemon:
                 plan.kept.append(target)
                 continue
             try:
-                plan.fresh[target.name] = Keeper(target, self.metrics.target(target.name))
+                plan.fresh[target.name] = Keeper(target, self.metrics.target(target.name),
+                                                 ledger=self.ledger)
             except (ConfigError, OSError, ValueError) as exc:
                 self._discard(plan)
                 key = exc.key if isinstance(exc, ConfigError) else f"targets[{index}]"
@@ -452,6 +457,8 @@ class Daemon:
                                " a restart; the other settings apply now")
         configure(new.log.level, new.log.format)
         self.config = new
+        for name in plan.fresh:  # SIGHUP clears the lockout records (kept keepers clear their own)
+            self.ledger.clear(name, time.time())
         self._fit_open_files(new)
         # Proxies that go stop before the keepers change: their requests in flight finish with
         # the tokens they started with.

@@ -26,7 +26,13 @@ from typing import Any
 from tokend.errors import ConfigError
 from tokend.logs import get_logger
 from tokend.secrets import Secret
-from tokend.statefiles import os_reason, private_dir, read_small_file, write_atomically
+from tokend.statefiles import (
+    InsecureStateDir,
+    os_reason,
+    private_dir,
+    read_small_file,
+    write_atomically,
+)
 
 LEDGER_NAME = "lockout.json"
 KEY_NAME = "lockout.key"
@@ -66,12 +72,18 @@ class Ledger:
 
     @classmethod
     def open(cls, state_dir: Path | None, now_wall: float) -> Ledger:
-        """The ledger under ``state_dir``; memory-only (with a warning) if it cannot be used."""
+        """The ledger under ``state_dir``; memory-only (with a warning) if it cannot be used.
+
+        Raises InsecureStateDir (a ConfigError) when ``<state_dir>/tokend`` is writable by others
+        or belongs to another user.
+        """
         if state_dir is None:
             return cls(secrets.token_bytes(KEY_BYTES))
         try:
             directory = private_dir(state_dir)
             key = _install_key(directory / KEY_NAME)
+        except InsecureStateDir:
+            raise  # another user could forge records: refuse to start (exit 2)
         except (ConfigError, OSError) as exc:
             log.warning("lockout.ledger_unavailable", state_dir=str(state_dir),
                         error=str(exc) if isinstance(exc, ConfigError) else os_reason(exc),

@@ -101,6 +101,10 @@ def read_small_file(path: Path, config_key: str, *, max_bytes: int, what: str,
     return b"".join(chunks), st
 
 
+class InsecureStateDir(ConfigError):
+    """``<state_dir>/tokend`` exists but others could plant files in it: never used (exit 2)."""
+
+
 def private_dir(state_dir: Path, config_key: str = "server.state_dir") -> Path:
     """``<state_dir>/tokend``, created with mode 0700 if missing, for generated private material.
 
@@ -125,10 +129,10 @@ def private_dir(state_dir: Path, config_key: str = "server.state_dir") -> Path:
         raise ConfigError(config_key, f"{directory} is not a directory",
                           f"remove it; tokend creates {directory} itself")
     if st.st_uid != os.geteuid():
-        raise ConfigError(config_key, f"{directory} belongs to another user (uid {st.st_uid})",
+        raise InsecureStateDir(config_key, f"{directory} belongs to another user (uid {st.st_uid})",
                           "remove it, or chown it to tokend's user; tokend creates it with mode 0700")
     if st.st_mode & stat.S_IWOTH:
-        raise ConfigError(config_key, f"{directory} is writable by other users "
+        raise InsecureStateDir(config_key, f"{directory} is writable by other users "
                           f"(mode {stat.S_IMODE(st.st_mode):04o})", f"chmod 700 {directory}")
     return directory
 

@@ -62,12 +62,22 @@ def tokend_config(workdir: Path, url: str, ca_pem: Path | None = None, *,
     if ca_pem is not None:
         first["ca_file"] = str(ca_pem)
     return {
-        "server": merge({"socket": str(workdir / "tokend.sock"), "socket_mode": "0600"}, server or {}),
+        # state_dir in the test's own folder: no test sees another's lockout records. Not the
+        # folder itself: its "tokend" subfolder would shadow the package for `python -m tokend`.
+        "server": merge({"socket": str(workdir / "tokend.sock"), "socket_mode": "0600",
+                         "state_dir": str(state_dir(workdir))}, server or {}),
         "metrics": merge({"listen": ""}, metrics or {}),
         "log": merge({"level": "debug", "format": "json"}, log or {}),
         "targets": [merge(first, target or {}), *(dict(t) for t in extra_targets)],
         **({"proxies": [dict(p) for p in proxies]} if proxies else {}),
     }
+
+
+def state_dir(workdir: Path) -> Path:
+    """The test's ``[server] state_dir``, created on first use."""
+    path = workdir / "state"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def socket_of(config: Overrides) -> Path:
