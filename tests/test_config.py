@@ -232,6 +232,39 @@ def test_toml_syntax_error_names_the_line(tmp_path: Path, pw_file: Path) -> None
     assert "invalid TOML" in message and "line 6" in message
 
 
+def test_toml_error_at_the_end_of_the_file_names_the_last_line(tmp_path: Path,
+                                                              pw_file: Path) -> None:
+    message = error(tmp_path, target(pw_file) + '[server')
+    assert "invalid TOML at the end of the file (line 6)" in message, message
+    assert "opened above is never closed" in message
+
+
+@pytest.mark.parametrize(
+    ("line", "hint"),
+    [
+        ("socket_mode = 0660", 'write socket_mode = "0660"'),
+        ("socket_mode = 0600  # the mode", 'write socket_mode = "0600"'),
+        ('socket = "/run/tokend.sock', "closing quote is missing"),
+        ("state_dir = /var/lib/tokend", 'strings need quotes: write state_dir = "/var/lib/tokend"'),
+    ],
+)
+def test_toml_errors_get_a_hint_for_the_usual_mistake(tmp_path: Path, pw_file: Path, line: str,
+                                                       hint: str) -> None:
+    message = error(tmp_path, f"[server]\n{line}\n" + target(pw_file))
+    assert "invalid TOML at line 2" in message and hint in message, message
+
+
+def test_toml_error_never_quotes_the_line(tmp_path: Path, pw_file: Path) -> None:
+    message = error(tmp_path, target(pw_file, password_file=None) + 'password = "s3cret\n')
+    assert "s3cret" not in message and "line 5" in message
+
+
+def test_inline_table_over_two_lines_gets_a_hint(tmp_path: Path, pw_file: Path) -> None:
+    message = error(tmp_path, target(pw_file) + 'file_sink = { path = "/run/t.token",\n'
+                    ' mode = "0600" }\n')
+    assert "must be on one line" in message, message
+
+
 def test_non_utf8_config_file(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_bytes(b'x = "\xff"\n')
@@ -259,6 +292,30 @@ def test_unknown_keys_are_refused_with_a_suggestion(
     assert error(tmp_path, text + target(pw_file)).startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [("allowed_groups", "allowed_gids"), ("allowed_users", "allowed_uids"),
+     ("socket_permissions", "socket_mode"), ("socket_gid", "socket_group"),
+     ("allowed_gid", "allowed_gids"), ("shutdown_grace", "shutdown_timeout")],
+)
+def test_near_miss_suggests_the_key_meant_not_the_most_alike(
+        tmp_path: Path, pw_file: Path, key: str, meant: str) -> None:
+    message = error(tmp_path, f"[server]\n{key} = []\n" + target(pw_file))
+    assert message.startswith(f"server.{key}: unknown key (did you mean '{meant}'?)"), message
+
+
+def test_allow_lists_take_names_as_socket_group_does(tmp_path: Path, pw_file: Path) -> None:
+    import grp
+    import pwd
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    user = pwd.getpwuid(os.getuid()).pw_name
+    config = load(tmp_path, f'[server]\nsocket_group = "{group}"\nallowed_gids = ["{group}", 7]\n'
+                  f'allowed_uids = ["{user}"]\n' + target(pw_file))
+    assert config.server.allowed_gids == {os.getgid(), 7}
+    assert config.server.allowed_uids == {os.getuid()}
+
+
 def test_unknown_target_key(tmp_path: Path, pw_file: Path) -> None:
     text = target(pw_file) + target(pw_file, name='"b"', pasword_env='"X"')
     assert error(tmp_path, '[server]\ndefault_target = "b"\n' + text).startswith(
@@ -275,11 +332,15 @@ def test_unknown_file_sink_key(tmp_path: Path, pw_file: Path) -> None:
     [
         ("server = 1\n", "server: expected a table, got integer"),
         ('[server]\nsocket = 5\n', "server.socket: expected a string, got integer"),
-        ('[server]\nallowed_uids = 5\n', "server.allowed_uids: expected an array of integers"),
-        ('[server]\nallowed_uids = [1, "bob"]\n',
-         "server.allowed_uids[1]: expected an integer, got string"),
-        ('[server]\nallowed_gids = [true]\n', "server.allowed_gids[0]: expected an integer, got boolean"),
-        ('[server]\nallowed_gids = [-1]\n', "server.allowed_gids[0]: -1 is not a valid id"),
+        ('[server]\nallowed_uids = 5\n', "server.allowed_uids: expected an array of uids or names"),
+        ('[server]\nallowed_uids = [1, "no-such-user-x"]\n',
+         "server.allowed_uids[1]: no user named 'no-such-user-x'"),
+        ('[server]\nallowed_gids = [true]\n',
+         "server.allowed_gids[0]: expected a numeric gid or a name, got boolean"),
+        ('[server]\nallowed_gids = [-1]\n', "server.allowed_gids[0]: -1 is not a valid gid"),
+        ('[server]\nallowed_gids = ["nosuchgroup"]\n',
+         "server.allowed_gids[0]: no group named 'nosuchgroup' (create the group, fix the name,"
+         " or write its numeric gid)"),
         ('[server]\nsocket_group = 1\n', "server.socket_group: expected a string, got integer"),
         ('[metrics]\nlisten = 9464\n', "metrics.listen: expected a string, got integer"),
         ('[log]\nlevel = 1979-05-27\n', "log.level: expected a string, got date"),

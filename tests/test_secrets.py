@@ -99,6 +99,32 @@ def test_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     assert "VMware1!" not in str(err)
 
 
+def test_secret_on_a_kubernetes_volume_gets_the_volume_fix_not_chmod(tmp_path: Path) -> None:
+    """The kubelet's layout: NAME -> ..data/NAME, ..data -> ..<timestamp>/, files 0644."""
+    stamp = tmp_path / "..2026_11_28_09_00_00.123"
+    stamp.mkdir()
+    secret_file(stamp, "VMware1!\n", mode=0o644)  # ..<timestamp>/secret
+    (tmp_path / "..data").symlink_to(stamp.name)
+    (tmp_path / "sfo-vcf01.password").symlink_to("..data/secret")
+    err = read_error(file_source(tmp_path / "sfo-vcf01.password"))
+    assert "on a Kubernetes Secret volume" in str(err)
+    assert "defaultMode: 0440" in err.fix and "fsGroup" in err.fix
+    assert "chmod" not in err.fix
+    assert "VMware1!" not in str(err)
+
+
+def test_docker_secret_gets_the_secrets_uid_and_mode_fix(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import tokend.secrets
+
+    monkeypatch.setattr(tokend.secrets, "DOCKER_SECRETS_DIR", f"{tmp_path}/")
+    path = secret_file(tmp_path, "VMware1!\n", mode=0o444)
+    err = read_error(file_source(path))
+    assert "a Docker secret" in str(err)
+    assert "mode: 0400" in err.fix and f"uid: \"{os.geteuid()}\"" in err.fix
+    assert "chmod" not in err.fix
+
+
 def test_secret_file_writable_by_others_is_refused(tmp_path: Path) -> None:
     err = read_error(file_source(secret_file(tmp_path, "x", mode=0o602)))
     assert "chmod 600" in str(err)

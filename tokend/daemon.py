@@ -371,7 +371,7 @@ class Daemon:
         for target in new.targets:
             read_secret(target.secret)
             if target.file_sink is not None:  # a sink that would fail must fail the reload
-                TokenFile(target.file_sink, f"file_sink of target '{target.name}'").check()
+                TokenFile(target.file_sink, target.key("file_sink")).check()
         plan = ReloadPlan(new, removed=[n for n in self.keepers if new.target(n) is None])
         for index, target in enumerate(new.targets):
             old = self.keepers.get(target.name)

@@ -165,6 +165,8 @@ class Keeper:
             if self.sink is not None and served is not None:
                 self._sink_write(served, now)
         self.target = target
+        if isinstance(self.client, UpstreamClient):  # request_timeout may have changed
+            self.client.reconfigure(target)
         self.ledger.clear(self.name, self.clock.time())  # SIGHUP clears the record (SPEC §8.9)
         self._secret_stamp = None  # re-read the secret and the TLS material now
         self._perform_now(self.policy.reconfigure(now, target.policy()))
@@ -556,6 +558,6 @@ def _token_file(target: TargetConfig) -> TokenFile | None:
     """The target's checked file sink, if it has one."""
     if target.file_sink is None:
         return None
-    sink = TokenFile(target.file_sink, f"file_sink of target '{target.name}'")
+    sink = TokenFile(target.file_sink, target.key("file_sink"))
     sink.check()
     return sink

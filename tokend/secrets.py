@@ -18,6 +18,9 @@ from tokend.errors import ConfigError
 
 SourceKind = Literal["file", "env", "credential", "literal"]
 
+# Where Docker and Compose mount a service's secrets.
+DOCKER_SECRETS_DIR = "/run/secrets/"
+
 # A password or API key is a few hundred bytes at most; a bigger file is the wrong file.
 MAX_SECRET_BYTES = 64 * 1024
 
@@ -207,11 +210,12 @@ def _read_file(path: Path, key: str) -> str:
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(key, f"secret file {path} is not a regular file", "point it at a file")
         if st.st_mode & 0o007:
+            where, fix = loose_secret_fix(path, st)
             raise ConfigError(
                 key,
                 f"secret file {path} is accessible to other users "
-                f"(mode {stat.S_IMODE(st.st_mode):04o})",
-                f"chmod 600 {path}",
+                f"(mode {stat.S_IMODE(st.st_mode):04o}){where}",
+                fix,
             )
         data = _read_fd(fd, path, key)
     finally:
@@ -235,6 +239,51 @@ def _read_file(path: Path, key: str) -> str:
     if text == "":
         raise ConfigError(key, f"secret file {path} is empty", "put the password or API key in it")
     return text
+
+
+def loose_secret_fix(path: Path, st: os.stat_result) -> tuple[str, str]:
+    """Where a secret file readable by others comes from, and the fix that works there.
+
+    A ``chmod`` cannot fix a file on a Kubernetes Secret volume (read-only, behind ``..data``
+    symlinks, 0644 by default) nor a Docker secret (read-only, root's, 0444 by default): their mode
+    is set where they are declared. Returns ``(" on a ...", fix)``; the first part may be empty.
+    """
+    if _on_kubernetes_volume(path):
+        return (", on a Kubernetes Secret volume, which is read-only",
+                "set defaultMode: 0440 on the Secret volume (or mode: 0440 on its item) and"
+                " the pod's securityContext.fsGroup to a group of tokend's, so only the owner and"
+                " that group can read it")
+    if str(path).startswith(DOCKER_SECRETS_DIR):
+        return (", a Docker secret, which is read-only",
+                "declare it with the secret's uid and mode, e.g. in compose: secrets: - source:"
+                f" NAME, target: {path.name}, uid: \"{os.geteuid()}\", mode: 0400 (tokend's uid"
+                f" is {os.geteuid()}); or docker service create --secret"
+                f" source=NAME,target={path.name},uid={os.geteuid()},mode=0400")
+    fix = f"chmod 600 {path} (or 640, owned by a group of tokend's)"
+    if st.st_uid != os.geteuid():
+        fix += f", as its owner (uid {st.st_uid}) or root"
+    if _read_only(path):
+        fix = (f"the file system is read-only: set the mode where {path} is made (0600, or"
+               " 0640 with a group of tokend's)")
+    return "", fix
+
+
+def _on_kubernetes_volume(path: Path) -> bool:
+    """Whether ``path`` is a file of a Kubernetes Secret or ConfigMap volume (the kubelet's
+    atomic writer puts each file behind ``..data/``)."""
+    try:
+        if os.path.islink(path) and os.readlink(path).startswith("..data/"):
+            return True
+        return os.path.islink(path.parent / "..data")
+    except OSError:
+        return False
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _read_fd(fd: int, path: Path, key: str) -> bytes:

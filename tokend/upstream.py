@@ -215,6 +215,11 @@ class UpstreamClient:
         self._retired: list[_Pool] = []
         self._closing: set[asyncio.Task[None]] = set()
 
+    def reconfigure(self, target: TargetConfig) -> None:
+        """Take ``target``'s settings (a reload that kept the connection: same url, TLS, user)."""
+        assert target.connection_key() == self.target.connection_key()
+        self.target = target
+
     def check_trust(self) -> bool:
         """Re-read ``ca_file``; if its content changed, the next call uses a new trust store.
 
@@ -349,8 +354,11 @@ class UpstreamClient:
         sent_wall = time.time()
         sent_mono = time.monotonic()
         try:
+            # The timeout per call, not per session: a reload may change it and keep the session.
             async with session.request(method, path.lstrip("/"), data=body, headers=JSON_HEADERS,
-                                       allow_redirects=False) as resp:
+                                       allow_redirects=False,
+                                       timeout=aiohttp.ClientTimeout(
+                                           total=self.target.request_timeout)) as resp:
                 if 200 <= resp.status < 300:
                     data = await _read_body(resp, operation)
                 else:  # the status decides; a long or slow error body must not change its class

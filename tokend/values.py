@@ -12,10 +12,11 @@ import grp
 import ipaddress
 import math
 import os
+import pwd
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from tokend.errors import ConfigError
 
@@ -203,19 +204,43 @@ def as_group_name(value: object, key: str) -> str:
     return text
 
 
-def as_id_set(value: object, key: str) -> frozenset[int]:
-    """A TOML array of numeric uids or gids."""
+def as_id_set(value: object, key: str, kind: Literal["uid", "gid"]) -> frozenset[int]:
+    """A TOML array of uids or gids, each a number or a name (``"vcf-automation"``).
+
+    A name is looked up now, as ``socket_group`` is: one that does not exist is an error naming
+    its key (``server.allowed_gids[1]``), and a reload looks it up again.
+    """
+    example = '[1000, "vcf-automation"]' if kind == "gid" else '[1000, "svc-automation"]'
     if not isinstance(value, list):
-        raise ConfigError(key, f"expected an array of integers, got {type_name(value)}",
-                          "write e.g. [1000, 1001]")
+        raise ConfigError(key, f"expected an array of {kind}s or names, got {type_name(value)}",
+                          f"write e.g. {example}")
     ids: set[int] = set()
     for i, item in enumerate(value):
         item_key = f"{key}[{i}]"
-        number = as_int(item, item_key)
-        if not 0 <= number < 2**32 - 1:
-            raise ConfigError(item_key, f"{number} is not a valid id", "use a numeric uid or gid")
-        ids.add(number)
+        if isinstance(item, str):
+            ids.add(_id_of_name(item, item_key, kind))
+            continue
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ConfigError(item_key, f"expected a numeric {kind} or a name, got"
+                              f" {type_name(item)}", f"write e.g. {example}")
+        if not 0 <= item < 2**32 - 1:
+            raise ConfigError(item_key, f"{item} is not a valid {kind}",
+                              f"use a numeric {kind} or a name")
+        ids.add(item)
     return frozenset(ids)
+
+
+def _id_of_name(name: str, key: str, kind: Literal["uid", "gid"]) -> int:
+    what = "group" if kind == "gid" else "user"
+    if name.isdigit():
+        return int(name)
+    if not name or any(c.isspace() or ord(c) < 32 for c in name) or ":" in name:
+        raise ConfigError(key, f"{name!r} is not a {what} name", f"write the {what}'s name or {kind}")
+    try:
+        return grp.getgrnam(name).gr_gid if kind == "gid" else pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise ConfigError(key, f"no {what} named '{name}'",
+                          f"create the {what}, fix the name, or write its numeric {kind}") from None
 
 
 def group_id(group: str, key: str) -> int:

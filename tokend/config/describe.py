@@ -22,6 +22,8 @@ def describe(config: Config) -> list[str]:
     lines.append(f"connections: at most {server.max_connections} on the Unix sockets together,"
                  f" {server.max_connections_per_uid} per uid")
     lines.append(f"state directory: {server.state_dir}")
+    lines.append(f"shutdown: requests in flight get {format_duration(server.shutdown_timeout)}"
+                 " to finish at SIGTERM/SIGINT")
     if config.metrics.host is None:
         lines.append("metrics: disabled")
     else:

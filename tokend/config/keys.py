@@ -15,7 +15,8 @@ from tokend.errors import ConfigError
 
 TOP_KEYS = ("server", "metrics", "log", "targets", "proxies")
 SERVER_KEYS = ("socket", "socket_mode", "socket_group", "allowed_uids", "allowed_gids",
-               "default_target", "state_dir", "max_connections", "max_connections_per_uid")
+               "default_target", "state_dir", "max_connections", "max_connections_per_uid",
+               "shutdown_timeout")
 METRICS_KEYS = ("listen",)
 LOG_KEYS = ("level", "format")
 PASSWORD_KEYS = ("password_file", "password_env", "password_credential", "password")
@@ -32,6 +33,19 @@ PROXY_KEYS = ("target", "socket", "socket_mode", "socket_group", "allowed_uids",
               "response_timeout")
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_WORD_RE = re.compile(r"[a-z0-9]+")
+# Words people write for the words tokend's keys use: a key is compared word by word after these
+# are mapped, so ``allowed_groups`` is nearest ``allowed_gids``, not the more alike ``allowed_uids``.
+_SYNONYMS = {
+    "group": "gid", "groups": "gid", "gids": "gid", "user": "uid", "users": "uid", "uids": "uid",
+    "perm": "mode", "perms": "mode", "permission": "mode", "permissions": "mode", "chmod": "mode",
+    "path": "file", "filename": "file", "passwd": "password", "pass": "password", "pw": "password",
+    "apikey": "api", "certificate": "cert", "timeouts": "timeout", "grace": "timeout",
+    "address": "listen", "addr": "listen", "bind": "listen", "host": "url", "endpoint": "url",
+    "sock": "socket", "directory": "dir", "folder": "dir", "retries": "failures",
+    "attempts": "failures", "pin": "fingerprint", "pins": "fingerprint", "ssl": "tls",
+    "fmt": "format", "lvl": "level", "loglevel": "level",
+}
 
 
 def check_keys(data: Mapping[str, object], prefix: str, known: Sequence[str]) -> None:
@@ -41,9 +55,32 @@ def check_keys(data: Mapping[str, object], prefix: str, known: Sequence[str]) ->
             continue
         shown = key if _BARE_KEY_RE.fullmatch(key) else json.dumps(key)
         path = f"{prefix}.{shown}" if prefix else shown
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        if close:
-            fix = f"did you mean {close[0]!r}?"
+        close = nearest_key(key, known)
+        if close is not None:
+            fix = f"did you mean {close!r}?"
         else:
             fix = f"remove it; known keys here: {', '.join(known)}"
         raise ConfigError(path, "unknown key", fix)
+
+
+def nearest_key(key: str, known: Sequence[str]) -> str | None:
+    """The known key ``key`` was most likely meant to be, or None when none is close.
+
+    Keys are compared by their words, each mapped through the synonyms people use (``groups`` is
+    ``gid``), and then letter by letter; the word comparison decides, the letters break ties.
+    """
+    words = _words(key)
+    best: tuple[float, float, str] | None = None
+    for candidate in known:
+        by_words = difflib.SequenceMatcher(None, words, _words(candidate)).ratio()
+        by_letters = difflib.SequenceMatcher(None, key.lower(), candidate).ratio()
+        score = (max(by_words, by_letters), by_letters, candidate)
+        if best is None or score[:2] > best[:2]:
+            best = score
+    if best is None or best[0] < 0.6:
+        return None
+    return best[2]
+
+
+def _words(key: str) -> list[str]:
+    return [_SYNONYMS.get(w, w) for w in _WORD_RE.findall(key.lower())]

@@ -8,6 +8,7 @@ targets. Every error names its key path and the fix.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -37,12 +38,15 @@ from tokend.values import (
     as_int,
     as_mode,
     as_string,
+    format_duration,
+    parse_duration,
     quoted,
     type_name,
 )
 
 # A connection limit beyond this is a typo, not a plan (each connection is a file descriptor).
 _MAX_CONNECTIONS_LIMIT = 1_000_000
+_MAX_SHUTDOWN_TIMEOUT = 300.0
 
 
 def load_config(path: str | Path) -> Config:
@@ -52,11 +56,13 @@ def load_config(path: str | Path) -> Config:
     try:
         with open(path, "rb") as fh:
             file_mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
-            data = tomllib.load(fh)
+            text = fh.read().decode("utf-8")
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(
             where, "config file not found",
-            "create it (config.example.toml documents every key) or pass --config PATH",
+            f"create it: 'tokend example-config > {where}' writes one that documents every key;"
+            " or pass --config PATH",
         ) from None
     except IsADirectoryError:
         raise ConfigError(where, "is a directory, not a config file", "pass the file") from None
@@ -66,10 +72,49 @@ def load_config(path: str | Path) -> Config:
             "make it readable by tokend's user",
         ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(where, f"invalid TOML: {exc}", "fix the syntax at that line") from None
+        raise toml_error(where, text, exc) from None
     except UnicodeDecodeError:
         raise ConfigError(where, "the config file is not UTF-8 text", "save it as UTF-8") from None
     return parse_config(data, path, file_mode=file_mode)
+
+
+_TOML_WHERE_RE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)\s*$")
+# A file mode written as a bare number: 0660 is not a TOML integer (no leading zeros).
+_BARE_MODE_RE = re.compile(r"\s*([A-Za-z0-9_.-]*mode)\s*=\s*(0[0-7]+)\s*(?:#.*)?$")
+# A bare word where a value belongs: level = info
+_BARE_WORD_RE = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*=\s*([^\s\"'\[{#0-9+-][^\s#]*)\s*(?:#.*)?$")
+
+
+_TOML_WORDS = ("true", "false", "inf", "nan")
+
+
+def toml_error(where: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+    """A TOML syntax error as a ConfigError naming the line, with a hint for the usual mistakes.
+
+    The offending line itself is never quoted: it may hold a literal password.
+    """
+    message = str(exc)
+    match = _TOML_WHERE_RE.search(message)
+    reason = message[:match.start()] if match else message
+    lines = text.splitlines()
+    if match and match.group(1):
+        number = int(match.group(1))
+        at = f"line {number}, column {match.group(2)}"
+        fix = "fix the syntax at that line"
+    else:  # the parser ran off the end: something opened earlier was never closed
+        number = len(lines)
+        at = f"the end of the file (line {number})"
+        fix = "a quote, [ or { opened above is never closed: check the lines before it"
+    line = lines[number - 1] if 0 < number <= len(lines) else ""
+    if (mode := _BARE_MODE_RE.match(line)) is not None:
+        fix = f'a file mode is an octal string in quotes: write {mode.group(1)} = "{mode.group(2)}"'
+    elif (word := _BARE_WORD_RE.match(line)) is not None and word.group(2) not in _TOML_WORDS:
+        fix = f'strings need quotes: write {word.group(1)} = "{word.group(2)}"'
+    elif reason.startswith(("Unterminated string", "Illegal character '\\n'")):
+        fix = "a string's closing quote is missing on that line"
+    elif "{" in line and "}" not in line:
+        fix = "an inline table { ... } must be on one line; or write it as a [sub.table]"
+    return ConfigError(where, f"invalid TOML at {at}: {reason}", fix)
 
 
 def parse_config(data: Mapping[str, object], path: Path, *, file_mode: int) -> Config:
@@ -123,8 +168,8 @@ def _server(data: Mapping[str, object], targets: Sequence[TargetConfig]) -> Serv
         else ServerConfig.socket_mode
     group = as_group_name(data["socket_group"], "server.socket_group") \
         if "socket_group" in data else None
-    uids = as_id_set(data.get("allowed_uids", []), "server.allowed_uids")
-    gids = as_id_set(data.get("allowed_gids", []), "server.allowed_gids")
+    uids = as_id_set(data.get("allowed_uids", []), "server.allowed_uids", "uid")
+    gids = as_id_set(data.get("allowed_gids", []), "server.allowed_gids", "gid")
     names = [t.name for t in targets]
     default: str | None = None
     if "default_target" in data:
@@ -146,8 +191,20 @@ def _server(data: Mapping[str, object], targets: Sequence[TargetConfig]) -> Serv
         allowed_gids=gids, default_target=default,
         socket_mode_set="socket_mode" in data or "socket_group" in data,
         state_dir=_state_dir(data), max_connections=max_connections,
-        max_connections_per_uid=per_uid,
+        max_connections_per_uid=per_uid, shutdown_timeout=_shutdown_timeout(data),
     )
+
+
+def _shutdown_timeout(data: Mapping[str, object]) -> float:
+    if "shutdown_timeout" not in data:
+        return ServerConfig.shutdown_timeout
+    seconds = parse_duration(data["shutdown_timeout"], "server.shutdown_timeout")
+    if seconds > _MAX_SHUTDOWN_TIMEOUT:
+        raise ConfigError("server.shutdown_timeout", f"{format_duration(seconds)} is longer than"
+                          f" {format_duration(_MAX_SHUTDOWN_TIMEOUT)}",
+                          'use a few seconds, e.g. "5s"; systemd and Kubernetes kill a process'
+                          " that takes longer (TimeoutStopSec=, terminationGracePeriodSeconds)")
+    return seconds
 
 
 def _state_dir(data: Mapping[str, object]) -> Path:

@@ -80,8 +80,7 @@ class TargetConfig:
 
     def connection_key(self) -> tuple[object, ...]:
         """What must stay equal on reload for the target to keep its token and session."""
-        return (self.url, self.username, self.ca_file, self.tls_fingerprint, self.verify_tls,
-                self.request_timeout)
+        return (self.url, self.username, self.ca_file, self.tls_fingerprint, self.verify_tls)
 
     def policy(self) -> PolicyConfig:
         """The refresh policy's view of this target's settings."""
@@ -107,6 +106,8 @@ class ServerConfig:
     # another, nor tokend of descriptors; RLIMIT_NOFILE is raised to fit them at start.
     max_connections: int = 4096
     max_connections_per_uid: int = 1024
+    # At SIGTERM/SIGINT, how long requests in flight may take to finish before they are cut.
+    shutdown_timeout: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -113,9 +113,9 @@ def parse_proxy(data: Mapping[str, object], index: int, server: ServerConfig) ->
         for name in ("socket_mode", "socket_group", "allowed_uids", "allowed_gids"):
             if name in data:
                 raise ConfigError(k(name), "only used with socket", f"remove {name}, or add socket")
-    uids = as_id_set(data["allowed_uids"], k("allowed_uids")) if "allowed_uids" in data \
+    uids = as_id_set(data["allowed_uids"], k("allowed_uids"), "uid") if "allowed_uids" in data \
         else server.allowed_uids
-    gids = as_id_set(data["allowed_gids"], k("allowed_gids")) if "allowed_gids" in data \
+    gids = as_id_set(data["allowed_gids"], k("allowed_gids"), "gid") if "allowed_gids" in data \
         else server.allowed_gids
 
     files = {name: as_abs_path(data[name], k(name)) if name in data else None

@@ -152,7 +152,8 @@ class Forwarder:
     @staticmethod
     def key_for(target: TargetConfig, proxy: ProxyConfig) -> tuple[object, ...]:
         """What must stay equal on reload for a forwarder to stay in use."""
-        return (target.connection_key(), proxy.max_upstream_connections, proxy.response_timeout)
+        return (target.connection_key(), target.request_timeout, proxy.max_upstream_connections,
+                proxy.response_timeout)
 
     def settings_key(self) -> tuple[object, ...]:
         """:meth:`key_for` this forwarder's settings."""
