@@ -1,4 +1,17 @@
-"""The ``tokend`` command: argument parsing and the subcommands. No logic beyond wiring."""
+"""The ``tokend`` command: argument parsing and the subcommands. No logic beyond wiring.
+
+Every command exits with one of four statuses, so a script can tell them apart:
+
+====  ===================================================================================
+0     done (a daemon, the demo and the fake stop with 0 on SIGTERM or Ctrl-C: that is how
+      they end)
+1     a runtime failure: tokend unreachable, no token, a failed online check, ``run --once``
+      without a token
+2     a usage or configuration error: a bad option, a config ``run`` would refuse, an
+      unknown target, a ``--min-ttl`` the upstream's token lifetime cannot meet
+130   interrupted (Ctrl-C) before a one-shot command finished; nothing is printed on stdout
+====  ===================================================================================
+"""
 
 from __future__ import annotations
 
@@ -18,6 +31,9 @@ from tokend.errors import ConfigError
 # its start-up time matters; the daemon's modules are imported by the commands that use them.
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+# Answers of the socket API that mean the request itself was wrong: exit 2, not 1.
+USAGE_STATUSES = (400, 404)
 # What `tokend demo` and `tokend fake-sddc` import from the `fake` extra (pyproject.toml).
 FAKE_EXTRA_MODULES = ("cryptography", "jwt")
 
@@ -35,22 +51,31 @@ def _fail(message: str, status: int = EXIT_FAIL) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line of SPEC §2."""
     parser = _Parser(prog="tokend", description="Keeps a valid SDDC Manager token and serves it"
-                     " on a Unix socket.")
+                     " on a Unix socket.", epilog="Exit status: 0 done; 1 runtime failure (e.g. no"
+                     " token); 2 usage or configuration error; 130 interrupted. Durations take"
+                     " a unit (500ms, 30s, 5m, 1h); a bare number is seconds.")
     parser.add_argument("--version", action="version", version=f"tokend {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def client(p: argparse.ArgumentParser) -> None:
+    def client(p: argparse.ArgumentParser, timeout: str = "5s",
+               what: str = "give up on an attempt after this long") -> None:
         p.add_argument("--socket", help="tokend's socket (default: $TOKEND_SOCKET, else"
                        " /run/tokend/tokend.sock)")
-        p.add_argument("--timeout", type=_seconds, default=5.0,
-                       help="give up on an attempt after this long (default 5s)")
+        p.add_argument("--timeout", type=_seconds, default=_seconds(timeout), metavar="DURATION",
+                       help=f"{what} (default {timeout}; e.g. 500ms, 10s)")
 
     p = sub.add_parser("run", help="run the daemon in the foreground")
     p.add_argument("--config", help="config file (default: $TOKEND_CONFIG, else"
                    f" {DEFAULT_CONFIG_PATH})")
+    p.add_argument("--once", action="store_true",
+                   help="get a token for every target, write the file sinks, and exit: 0, or 1"
+                   " naming what failed (for init containers and CI jobs)")
+    _log_options(p)
 
     p = sub.add_parser("demo", help="run the daemon against an embedded fake SDDC Manager")
-    p.add_argument("--duration", type=_seconds, help="stop after this long (default: Ctrl-C)")
+    p.add_argument("--duration", type=_seconds, metavar="DURATION",
+                   help="stop after this long (e.g. 20s, 5m; a bare number is seconds;"
+                   " default: until Ctrl-C)")
 
     p = sub.add_parser("token", help="print the current access token")
     client(p)
@@ -59,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--json", action="store_true", help="print the token JSON")
     form.add_argument("--header", action="store_true",
                       help="print 'Authorization: Bearer <token>' (for curl -H @-)")
-    p.add_argument("--min-ttl", type=_seconds, help="a token valid for at least this long")
-    p.add_argument("--wait", type=_seconds, default=0.0,
-                   help="keep retrying while tokend is absent or has no token, up to this long")
+    p.add_argument("--min-ttl", type=_seconds, metavar="DURATION",
+                   help="a token valid for at least this long (e.g. 600 or 10m)")
+    p.add_argument("--wait", type=_seconds, default=0.0, metavar="DURATION",
+                   help="keep retrying while tokend is absent or has no token, until this long"
+                   " has passed (e.g. 30s, 2m; default 0: one try)")
 
     p = sub.add_parser("status", help="per-target state, for a person")
     client(p)
@@ -72,14 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready", action="store_true", help="check /readyz instead of /healthz")
     p.add_argument("--target", help="with --ready: only this target")
 
-    p = sub.add_parser("check-config", help="validate the config and read every secret")
+    p = sub.add_parser("invalidate", help="report the current token as refused: tokend gets a"
+                       " new one (one refresh, however many report it)")
+    client(p, "30s", "how long to wait for the new token")
+    p.add_argument("--target", help="target name (default: the default target)")
+
+    p = sub.add_parser("check-config", help="check the config as 'run' would, and read every"
+                       " secret; exit 0 means 'run' starts with it")
     p.add_argument("--config", help="config file (default: $TOKEND_CONFIG, else"
                    f" {DEFAULT_CONFIG_PATH})")
+    p.add_argument("--online", action="store_true",
+                   help="then, per target: resolve, connect, verify TLS, log in once with the"
+                   " configured credentials (this counts against the lockout guard) and revoke"
+                   " that session")
+
+    sub.add_parser("example-config", help="print the example config, every key documented"
+                   " (tokend example-config > config.toml)")
 
     p = sub.add_parser("fake-sddc", help="run the fake SDDC Manager alone")
     p.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT (default 127.0.0.1:8443)")
-    p.add_argument("--access-ttl", type=_seconds, default=3600.0, help="default 3600")
-    p.add_argument("--refresh-ttl", type=_seconds, default=86400.0, help="default 86400")
+    p.add_argument("--access-ttl", type=_seconds, default=3600.0, metavar="DURATION",
+                   help="access token lifetime (default 3600s, i.e. 1h)")
+    p.add_argument("--refresh-ttl", type=_seconds, default=86400.0, metavar="DURATION",
+                   help="refresh token lifetime (default 86400s, i.e. 24h)")
     p.add_argument("--user", action="append", default=[], metavar="U:P",
                    help="a user (repeatable; default administrator@vsphere.local:VMware1!)."
                    " The password is then visible in the process list: use --users-file for"
@@ -108,11 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: str = args.command
     handler = {"run": cmd_run, "demo": cmd_demo, "token": cmd_token, "status": cmd_status,
                "health": cmd_health, "check-config": cmd_check_config,
-               "fake-sddc": cmd_fake_sddc}[command]
+               "fake-sddc": cmd_fake_sddc, "invalidate": cmd_invalidate,
+               "example-config": cmd_example_config}[command]
     try:
         return handler(args)
     except KeyboardInterrupt:
-        return EXIT_OK
+        return _interrupted(args)
 
 
 def _config_path(args: argparse.Namespace) -> str:
@@ -120,23 +163,23 @@ def _config_path(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``tokend run``: the daemon in the foreground."""
+    """``tokend run``: the daemon in the foreground (``--once``: one token, then exit)."""
     import asyncio
 
-    from tokend.config import check_secrets, load_config
+    from tokend.config import load_config
     from tokend.daemon import Daemon
     from tokend.harden import harden_process
     from tokend.logs import configure
 
     harden_process()
     try:
+        override = _log_override(args)
         config = load_config(_config_path(args))
-        check_secrets(config)
-    except ConfigError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    configure(config.log.level, config.log.format)
-    try:
-        return asyncio.run(Daemon(config).run())
+        if args.once:
+            return _run_once(config, override)
+        daemon = Daemon(config, log_override=override)  # preflight checks come first in run()
+        configure(daemon.config.log.level, daemon.config.log.format)
+        return asyncio.run(daemon.run())
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
 
@@ -162,7 +205,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     except Unreachable as exc:
         return _fail(str(exc))
     except TokenRefused as exc:
-        return _fail(f"no token: {exc}")
+        return _fail(f"no token: {exc}", _refusal_exit(exc))
     if args.json:
         print(json.dumps(data))
     elif args.header:
@@ -186,7 +229,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print(render_status(data, color=sys.stdout.isatty()))
+        print(render_status(data, color=_color(sys.stdout)))
     return EXIT_OK
 
 
@@ -201,6 +244,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if answer.status == 200:
         return EXIT_OK
+    if answer.status in USAGE_STATUSES:  # an unknown target: the probe itself is wrong
+        return _fail(f"{socket_path(args.socket)}: {answer.error}", EXIT_USAGE)
     what = "not ready" if args.ready else "unhealthy"
     detail = ""
     if args.ready and answer.status == 503:
@@ -212,18 +257,23 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """``tokend check-config``: validate, read every secret, print what tokend would do."""
-    from tokend.config import check_secrets, describe, load_config
+    """``tokend check-config``: every check ``run`` makes, then what tokend would do."""
+    from tokend.config import describe, load_config
+    from tokend.preflight import preflight
 
     path = _config_path(args)
     try:
         config = load_config(path)
-        check_secrets(config)
+        found = preflight(config, look_for_live=True)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     print(f"{path}: OK")
     for line in describe(config):
         print(line)
+    for note in found.notes:
+        print(f"note: {note}")
+    if args.online:
+        return _check_online(config)
     return EXIT_OK
 
 
@@ -261,3 +311,117 @@ def _missing_fake_extra(command: str) -> int | None:
         return None
     return _fail(f"{command} needs the fake SDDC Manager's packages ({', '.join(missing)} missing):"
                  " pip install 'tokend[fake]'", EXIT_USAGE)
+
+
+# -- the exit statuses -------------------------------------------------------------------------
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    """Ctrl-C: the way a daemon, the demo and the fake end (0); a one-shot command's 130."""
+    if args.command in ("demo", "fake-sddc") or (args.command == "run" and not args.once):
+        return EXIT_OK
+    return EXIT_INTERRUPTED
+
+
+def _refusal_exit(exc: TokenRefused) -> int:
+    """2 when tokend refused the request itself (an unknown target, an impossible min_ttl)."""
+    return EXIT_USAGE if exc.answer.status in USAGE_STATUSES else EXIT_FAIL
+
+
+def _color(stream: Any) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set to anything (https://no-color.org)."""
+    return bool(stream.isatty()) and not os.environ.get("NO_COLOR")
+
+
+# -- run: --once and the log options -----------------------------------------------------------
+
+
+def _log_options(p: argparse.ArgumentParser) -> None:
+    from tokend.values import LOG_FORMATS, LOG_LEVELS
+
+    p.add_argument("--log-level", choices=LOG_LEVELS,
+                   help="over [log] level and $TOKEND_LOG_LEVEL, also after a reload")
+    p.add_argument("--log-format", choices=LOG_FORMATS,
+                   help="over [log] format and $TOKEND_LOG_FORMAT (auto: console on a terminal,"
+                   " else json)")
+
+
+def _log_override(args: argparse.Namespace) -> Any:
+    """The log settings of the command line, else of $TOKEND_LOG_LEVEL/$TOKEND_LOG_FORMAT."""
+    from tokend.config import LogOverride
+    from tokend.values import LOG_FORMATS, LOG_LEVELS, as_choice
+
+    level = args.log_level
+    if level is None and os.environ.get("TOKEND_LOG_LEVEL"):
+        level = as_choice(os.environ["TOKEND_LOG_LEVEL"], "$TOKEND_LOG_LEVEL", LOG_LEVELS)
+    fmt = args.log_format
+    if fmt is None and os.environ.get("TOKEND_LOG_FORMAT"):
+        fmt = as_choice(os.environ["TOKEND_LOG_FORMAT"], "$TOKEND_LOG_FORMAT", LOG_FORMATS)
+    return LogOverride(level, fmt) if level or fmt else None
+
+
+def _run_once(config: Any, override: Any) -> int:
+    """``tokend run --once``: the checks of ``run`` (sockets aside), one token per target, exit."""
+    import asyncio
+    import dataclasses
+
+    from tokend.logs import configure
+    from tokend.once import run_once
+    from tokend.preflight import preflight
+
+    if override is not None:
+        config = dataclasses.replace(config, log=override.over(config.log))
+    configure(config.log.level, config.log.format)
+    preflight(config, sockets=False)
+    failures = asyncio.run(run_once(config))
+    for failure in failures:
+        _fail(failure)
+    return EXIT_FAIL if failures else EXIT_OK
+
+
+# -- check-config --online, invalidate, example-config -----------------------------------------
+
+
+def _check_online(config: Any) -> int:
+    import asyncio
+
+    from tokend.logs import configure
+    from tokend.online import check_online
+
+    configure("warning", "auto", sys.stderr)
+    print("online check: one real login per target with its configured credentials; it counts"
+          " against the lockout guard like any login of tokend's, and the session it opens is"
+          " revoked at once", flush=True)
+    ok = asyncio.run(check_online(config, lambda line: print(line, flush=True)))
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def cmd_invalidate(args: argparse.Namespace) -> int:
+    """``tokend invalidate``: report the current token as refused; print the one that replaces it."""
+    import urllib.parse
+
+    try:
+        current = get_token(args.target, None, args.socket, args.timeout)
+        name, old = str(current["target"]), str(current["fingerprint"])
+        answer = request(f"/v1/targets/{urllib.parse.quote(name, safe='')}/invalidate", "POST",
+                         json.dumps({"fingerprint": old}).encode(), sock=args.socket,
+                         timeout=args.timeout)
+    except Unreachable as exc:
+        return _fail(str(exc))
+    except TokenRefused as exc:
+        return _fail(f"no token to report: {exc}", _refusal_exit(exc))
+    if answer.status != 200:
+        return _fail(f"{name}: reported {old}, no new token: {answer.error}",
+                     EXIT_USAGE if answer.status in USAGE_STATUSES else EXIT_FAIL)
+    new: dict[str, Any] = answer.json()
+    print(f"{name}: reported {old}; now serving {new['fingerprint']},"
+          f" expires in {new['expiresIn']}s")
+    return EXIT_OK
+
+
+def cmd_example_config(args: argparse.Namespace) -> int:
+    """``tokend example-config``: the example config shipped in the package, on stdout."""
+    from importlib.resources import files
+
+    sys.stdout.write(files("tokend").joinpath("config.example.toml").read_text())
+    return EXIT_OK

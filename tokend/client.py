@@ -126,22 +126,24 @@ def token_path(target: str | None, min_ttl: float | None = None, raw: bool = Fal
 
 def get_token(target: str | None = None, min_ttl: float | None = None, sock: str | None = None,
               timeout: float = 5.0, wait: float = 0.0) -> dict[str, Any]:
-    """The token JSON; with ``wait``, keep retrying while tokend is absent or answers 503."""
+    """The token JSON; with ``wait`` (seconds), keep retrying while tokend is absent or answers
+    503, until ``wait`` has passed: the last try is made at the deadline, not a backoff step
+    before it."""
     deadline = time.monotonic() + wait
     delay = 0.1
     while True:
         try:
             answer = request(token_path(target, min_ttl), sock=sock, timeout=timeout)
         except Unreachable:
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() >= deadline:
                 raise
         else:
             if answer.status == 200:
                 data: dict[str, Any] = answer.json()
                 return data
-            if answer.status != 503 or time.monotonic() + delay > deadline:
+            if answer.status != 503 or time.monotonic() >= deadline:
                 raise TokenRefused(answer)
-        time.sleep(delay)
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 2.0)
 
 

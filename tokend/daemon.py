@@ -1,11 +1,14 @@
 """Wires tokend together: start, signals, reload, shutdown.
 
-Start order: lock and bind the sockets first, the API socket's and every proxy's (a second tokend
-must fail before it touches the upstream), then the keepers, then the listeners, the proxies last
-(they forward with the keepers' tokens); READY=1 once every keeper has a token or has finished its
-first attempt. Shutdown runs in reverse: stop accepting and let in-flight requests finish while a
-reload under way completes, stop the proxies (their requests in flight get the same grace), stop
-the keepers (revoking if configured), remove the socket, release the lock.
+Start order: first :func:`tokend.preflight.preflight`, the checks ``tokend check-config`` makes,
+so a config it passes is not refused here and a refused one is refused before anything is opened
+or logged; then lock and bind the sockets, the API socket's and every proxy's, and the metrics
+listener's (a second tokend must fail before it touches the upstream), then the keepers, then the
+listeners, the proxies last (they forward with the keepers' tokens); READY=1 once every keeper has
+a token or has finished its first attempt. Shutdown runs in reverse: stop accepting and let
+in-flight requests finish while a reload under way completes, stop the proxies (their requests in
+flight get the same grace), stop the keepers (revoking if configured), remove the socket, remove
+and release the lock.
 
 Reloads (SPEC §8.7) run one at a time in one task the daemon owns; SIGHUP only asks for one. A
 reload is prepare (load and check everything, build the new keepers without starting them, bind
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import socket
 import time
@@ -30,16 +34,16 @@ from typing import Any
 from aiohttp import web
 
 from tokend import __version__
-from tokend.config import Config, TargetConfig, load_config
+from tokend.config import Config, LogOverride, TargetConfig, load_config
 from tokend.config.model import ProxyConfig
 from tokend.errors import ConfigError
-from tokend.filesink import TokenFile
 from tokend.harden import raise_open_files_limit
 from tokend.keeper import Keeper
 from tokend.ledger import Ledger
-from tokend.listen import SocketLock, activated_sockets, bind_unix
+from tokend.listen import SocketLock, activated_sockets, bind_tcp, bind_unix
 from tokend.logs import configure, get_logger
 from tokend.metrics import Metrics, TargetMetrics
+from tokend.preflight import activated_names, preflight
 from tokend.proxy.app import Proxy, descriptors_needed
 from tokend.proxy.forward import Forwarder
 from tokend.schedule import State
@@ -54,7 +58,6 @@ from tokend.server import (
 )
 from tokend.systemd import Notifier
 
-SHUTDOWN_GRACE = 5.0
 STATUS_INTERVAL = 5.0
 # A reload under way at SIGTERM may be revoking a retired keeper's refresh token, a call bounded by
 # its request_timeout; shutdown waits that long for it, plus this for the bookkeeping around it.
@@ -83,7 +86,11 @@ class ReloadPlan:
 class Daemon:
     """The running daemon: its config, its keepers, its listeners."""
 
-    def __init__(self, config: Config, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, notifier: Notifier | None = None,
+                 log_override: LogOverride | None = None) -> None:
+        # --log-level/--log-format and TOKEND_LOG_*: they outlive a reload of the file.
+        self._log_override = log_override
+        config = self._with_log_override(config)
         self.config = config
         self.metrics = Metrics()
         self.keepers: dict[str, Keeper] = {}
@@ -103,6 +110,8 @@ class Daemon:
         self._closing = False
         self._retiring: set[Keeper] = set()
         self._activated: dict[str, socket.socket] = {}  # systemd's proxy sockets, by target
+        self._metrics_sock: socket.socket | None = None
+        self._started = False  # daemon.started was logged: shutdown logs its own two lines
 
     # -- what the servers read ------------------------------------------------------------------
 
@@ -123,10 +132,15 @@ class Daemon:
     # -- life -----------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Serve until SIGTERM/SIGINT; return the exit status."""
+        """Serve until SIGTERM/SIGINT; return the exit status.
+
+        Raises the ConfigError of the first check that fails, before anything is opened.
+        """
+        preflight(self.config, activated=activated_names())
         self._fit_open_files(self.config)
         sock = self._open_socket()
         try:
+            self._metrics_sock = self._bind_metrics()
             # After the socket lock (a second tokend fails first), before any keeper logs in.
             self.ledger = Ledger.open(self.config.server.state_dir, time.time())
             self._open_proxies()
@@ -173,6 +187,18 @@ class Daemon:
         self._socket_path = server.socket
         return sock
 
+    def _bind_metrics(self) -> socket.socket | None:
+        """The metrics listener's socket, bound before any keeper starts (None: disabled)."""
+        metrics = self.config.metrics
+        if metrics.host is None:
+            return None
+        return bind_tcp(metrics.host, metrics.port, "metrics.listen", 128)
+
+    def _with_log_override(self, config: Config) -> Config:
+        if self._log_override is None:
+            return config
+        return dataclasses.replace(config, log=self._log_override.over(config.log))
+
     def _take_activated(self) -> socket.socket | None:
         """systemd's sockets: each named after a proxy's target is that proxy's; the first other
         one is the API socket; any more are closed, with a warning."""
@@ -215,32 +241,33 @@ class Daemon:
         for target in self.config.targets:
             self._warn_tls(target)
             self._start(Keeper(target, self.metrics.target(target.name), ledger=self.ledger))
+        grace = self.config.server.shutdown_timeout
         runner = web.AppRunner(socket_app(self), access_log=None, handle_signals=False,
-                               shutdown_timeout=SHUTDOWN_GRACE, keepalive_timeout=IDLE_TIMEOUT)
+                               shutdown_timeout=grace, keepalive_timeout=IDLE_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
         await GatedUnixSite(runner, sock, PeerGate(self, self.slots), self.backlog).start()
-        metrics = self.config.metrics
-        if metrics.host is not None:
+        metrics_address = None
+        if self._metrics_sock is not None:
             tcp = web.AppRunner(metrics_app(self), access_log=None, handle_signals=False,
                                 shutdown_timeout=1.0)
             await tcp.setup()
             self._runners.append(tcp)
-            try:
-                await web.TCPSite(tcp, metrics.host, metrics.port).start()
-            except OSError as exc:
-                raise ConfigError("metrics.listen", f"cannot listen on {metrics.host}:"
-                                  f"{metrics.port}: {exc.strerror}",
-                                  'choose a free port, or "" to disable') from None
+            await web.SockSite(tcp, self._metrics_sock).start()
+            host, port = self._metrics_sock.getsockname()[:2]
+            metrics_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         await self._start_proxies()
+        # The port the kernel picked, for listen = "127.0.0.1:0".
         log.info("daemon.started", version=__version__, socket=str(self.config.server.socket),
-                 metrics=f"{metrics.host}:{metrics.port}" if metrics.host else None,
-                 targets=[t.name for t in self.config.targets], proxies=list(self.proxies))
+                 metrics=metrics_address, targets=[t.name for t in self.config.targets],
+                 proxies=list(self.proxies))
+        self._started = True
         self._tasks.append(asyncio.create_task(self._systemd(), name="systemd"))
         await self._stop.wait()
 
     async def _shutdown(self) -> None:
-        log.info("daemon.stopping")
+        if self._started:  # a start that failed said so on stderr; it was never "started"
+            log.info("daemon.stopping")
         self.notifier.send("STOPPING=1")
         for task in self._tasks:
             task.cancel()
@@ -257,12 +284,15 @@ class Daemon:
         if self._socket_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._socket_path.unlink()
+        if self._metrics_sock is not None and not self._runners:  # bound, never served
+            self._metrics_sock.close()
         if self._lock is not None:
-            self._lock.release()
-        log.info("daemon.stopped")
+            self._lock.release()  # and removes <socket>.lock, while it still holds it
+        if self._started:
+            log.info("daemon.stopped")
 
     async def _close_listeners(self) -> None:
-        """Sites close first (no new connections), then in-flight requests get SHUTDOWN_GRACE."""
+        """Sites close first (no new connections), then in-flight requests get shutdown_timeout."""
         for runner in self._runners:
             await runner.cleanup()
 
@@ -367,11 +397,10 @@ class Daemon:
 
         Raises ConfigError, having changed nothing, when any of it fails.
         """
-        new = load_config(self.config.path)
-        for target in new.targets:
-            read_secret(target.secret)
-            if target.file_sink is not None:  # a sink that would fail must fail the reload
-                TokenFile(target.file_sink, target.key("file_sink")).check()
+        new = self._with_log_override(load_config(self.config.path))
+        # What check-config checks: the secrets, every file sink, the sockets of new proxies.
+        held = {p.config.socket for p in self.proxies.values() if p.config.socket is not None}
+        preflight(new, start=False, held=held)
         plan = ReloadPlan(new, removed=[n for n in self.keepers if new.target(n) is None])
         for index, target in enumerate(new.targets):
             old = self.keepers.get(target.name)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tokend.config import FileSink
 from tokend.errors import ConfigError
+from tokend.listen import check_group_member
 from tokend.values import group_id
 
 
@@ -28,17 +29,32 @@ class TokenFile:
         self._gid = group_id(sink.group, f"{key}.group") if sink.group is not None else -1
 
     def check(self) -> None:
-        """Refuse a missing directory, or one other users may write to (they could swap the file)."""
+        """Refuse a missing directory, one tokend cannot write, one other users may write to (they
+        could swap the file), and a group tokend's user cannot give the file."""
         directory = self.sink.path.parent
+        key = f"{self.key}.path"
         try:
             st = os.stat(directory)
         except OSError as exc:
-            raise ConfigError(f"{self.key}.path", f"directory {directory}: {exc.strerror}",
-                              "create it, writable by tokend's user") from None
+            raise ConfigError(key, f"directory {directory}: {exc.strerror}",
+                              f"create it, writable by tokend's user (mkdir -m 0750 {directory})"
+                              ) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(key, f"{directory} is not a directory", "name a file in a directory")
         if st.st_mode & stat.S_IWOTH:
-            raise ConfigError(f"{self.key}.path", f"directory {directory} is writable by other"
-                              " users", "use a directory only tokend (and its group) can write,"
-                              " e.g. /run/tokend/tokens") from None
+            sticky = " (even with the sticky bit, another user can put a file there first)" \
+                if st.st_mode & stat.S_ISVTX else ""
+            raise ConfigError(key, f"directory {directory} is writable by other users (mode"
+                              f" {stat.S_IMODE(st.st_mode):04o}){sticky}",
+                              "use a directory only tokend (and its group) can write, e.g."
+                              f" mkdir -m 0750 {directory}/tokens; on an emptyDir, an init"
+                              " container can make it") from None
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(key, f"directory {directory} is not writable by tokend's user"
+                              f" (uid {os.geteuid()})", "give it to tokend's user, or choose"
+                              " another directory")
+        if self.sink.group is not None and self._gid != -1:
+            check_group_member(self._gid, self.sink.group, f"{self.key}.group")
 
     def write(self, content: bytes) -> None:
         """Atomically replace the file with ``content``."""

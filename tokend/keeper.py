@@ -141,8 +141,9 @@ class Keeper:
         """Start the keeper task."""
         self._task = asyncio.create_task(self._run(), name=f"keeper:{self.name}")
 
-    async def stop(self, revoke: bool) -> None:
-        """Stop the task; revoke the refresh token if asked; close the HTTP session."""
+    async def stop(self, revoke: bool, keep_file: bool = False) -> None:
+        """Stop the task; revoke the refresh token if asked; close the HTTP session; remove the
+        token file unless ``keep_file`` or its ``keep_on_exit``."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -151,7 +152,7 @@ class Keeper:
         if revoke and refresh_id is not None:
             await self._revoke(refresh_id, at_exit=True)
         await self.client.close()
-        if self.sink is not None and not self.sink.sink.keep_on_exit:
+        if self.sink is not None and not (keep_file or self.sink.sink.keep_on_exit):
             self._sink_remove()
 
     def reconfigure(self, target: TargetConfig) -> None:

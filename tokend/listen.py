@@ -1,7 +1,13 @@
 """Creating the consumer socket safely: right mode at creation, never stealing a live one.
 
 Liveness is decided by an ``flock`` on ``<socket>.lock``: a tokend that holds it is alive, whatever
-its socket file looks like; a socket file without a lock holder is stale and is replaced.
+its socket file looks like; a socket file without a lock holder is stale and is replaced. A tokend
+that exits cleanly removes the lock file while it still holds the lock; one that takes the lock
+checks that the file it locked is still the one at the path, so a lock taken on a file removed
+meanwhile is never mistaken for the live one.
+
+:func:`check_socket_path` is everything :func:`bind_unix` would refuse, asked without creating
+anything: ``tokend check-config`` asks it, so it cannot pass a socket ``run`` would refuse.
 """
 
 from __future__ import annotations
@@ -31,26 +37,65 @@ class SocketLock:
     def acquire(self) -> None:
         """Take the lock, or raise ConfigError naming the live tokend's socket."""
         check_directory(self.path, self.key)
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise ConfigError(self.key, f"cannot create the lock file {self.path}:"
-                              f" {exc.strerror}", "create the directory and make it writable"
-                              " by tokend's user") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ConfigError(self.key, f"another tokend is serving {self.path.with_suffix('')}"
-                              f" (it holds {self.path})", "stop it first, or give this one"
-                              f" another {self.key}") from None
-        self._fd = fd
+        for _ in range(LOCK_ATTEMPTS):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                             0o600)
+            except OSError as exc:
+                raise ConfigError(self.key, f"cannot create the lock file {self.path}:"
+                                  f" {exc.strerror}", "create the directory and make it writable"
+                                  " by tokend's user") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise ConfigError(self.key, f"another tokend is serving"
+                                  f" {self.path.with_suffix('')} (it holds {self.path})",
+                                  f"stop it first, or give this one another {self.key}") from None
+            if _same_file(fd, self.path):
+                self._fd = fd
+                return
+            os.close(fd)  # its holder removed it as we opened it: lock the file there now
+        raise ConfigError(self.key, f"the lock file {self.path} keeps being replaced",
+                          "another process is starting and stopping tokend on this socket")
 
     def release(self) -> None:
-        """Drop the lock (the lock file itself stays: removing it would race a new daemon)."""
+        """Remove the lock file, then drop the lock: the file goes only while this one holds it,
+        so a tokend starting meanwhile either waits for this lock or finds no file."""
         if self._fd is not None:
+            with contextlib.suppress(OSError):
+                if _same_file(self._fd, self.path):
+                    os.unlink(self.path)
             os.close(self._fd)
             self._fd = None
+
+
+LOCK_ATTEMPTS = 10
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open on ``fd``."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
+def lock_is_held(socket_path: Path) -> bool:
+    """Whether a running tokend holds ``<socket>.lock`` now (asked without creating the file)."""
+    try:
+        fd = os.open(str(socket_path) + ".lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a shared lock taken just now
+    return False
 
 
 def check_directory(path: Path, key: str = "server.socket") -> None:
@@ -63,6 +108,33 @@ def check_directory(path: Path, key: str = "server.socket") -> None:
                           f" {os.geteuid()}", "fix its owner or mode, or choose another path")
 
 
+def check_socket_path(path: Path, group: str | None, key: str = "server.socket") -> int | None:
+    """What :func:`bind_unix` refuses, asked without creating anything: a missing or unwritable
+    directory, a file at ``path`` that is not a socket, a group that does not exist or that
+    tokend's user cannot give the socket to. Returns the group's gid (None: no group)."""
+    check_directory(path, key)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise ConfigError(key, f"{path} exists and is not a socket",
+                              "remove it or choose another path")
+    if group is None:
+        return None
+    group_key = f"{key}_group"
+    gid = group_id(group, group_key)
+    check_group_member(gid, group, group_key)
+    return gid
+
+
+def check_group_member(gid: int, group: str, key: str) -> None:
+    """tokend's user may give a file it creates to ``gid`` only as root or as a member."""
+    if os.geteuid() == 0 or gid == os.getegid() or gid in os.getgroups():
+        return
+    raise ConfigError(key, f"tokend's user (uid {os.geteuid()}) is not a member of group"
+                      f" {group}, so it cannot give files that group",
+                      f"add it to the group (usermod -aG {group} USER; under systemd,"
+                      " SupplementaryGroups=), or choose one of its groups")
+
+
 def bind_unix(path: Path, mode: int, group: str | None, backlog: int = 128,
               key: str = "server.socket") -> socket.socket:
     """Bind and listen on ``path`` with ``mode`` applied at creation; replace a stale file.
@@ -70,14 +142,9 @@ def bind_unix(path: Path, mode: int, group: str | None, backlog: int = 128,
     The caller holds the :class:`SocketLock`, so any existing file at ``path`` is stale. ``key``
     is the config key of the socket, for errors.
     """
-    check_directory(path, key)
+    gid = check_socket_path(path, group, key)
     group_key = f"{key}_group"
-    gid = group_id(group, group_key) if group is not None else None
     with contextlib.suppress(FileNotFoundError):
-        st = os.lstat(path)
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ConfigError(key, f"{path} exists and is not a socket",
-                              "remove it or choose another path")
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o777 & ~mode)
@@ -100,6 +167,30 @@ def bind_unix(path: Path, mode: int, group: str | None, backlog: int = 128,
             os.unlink(path)
         raise ConfigError(group_key, f"cannot give {path} to group {group}:"
                           f" {exc.strerror}", "tokend's user must be a member of that group") from None
+    sock.setblocking(False)
+    return sock
+
+
+def bind_tcp(host: str, port: int, key: str, backlog: int = 128) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: one the kernel picks), or ConfigError."""
+    fix = 'choose a free port and an address of this host, or "" to disable'
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(key, f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}",
+                          fix) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConfigError(key, f"cannot listen on {shown}: {exc.strerror or exc}", fix) from None
     sock.setblocking(False)
     return sock
 

@@ -8,6 +8,7 @@ sits in the shared chain, so records from the standard library (aiohttp's logger
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
@@ -92,7 +93,7 @@ def configure(level: str = "info", fmt: Format = "auto", stream: Any = None) -> 
     )
     renderer: Processor = (
         structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback,
-                                      colors=stream.isatty())
+                                      colors=stream.isatty() and not os.environ.get("NO_COLOR"))
         if console else structlog.processors.JSONRenderer()
     )
     structlog.configure(

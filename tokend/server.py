@@ -76,6 +76,7 @@ def socket_app(hub: Hub) -> web.Application:
         ("GET", "/v1/token", _default_token),
         ("GET", "/v1/targets/{name}/token", _target_token),
         ("POST", "/v1/targets/{name}/invalidate", _invalidate),
+        ("POST", "/v1/invalidate", _default_invalidate),
         ("GET", "/v1/status", _status),
         ("GET", "/healthz", _healthz),
         ("GET", "/readyz", _readyz_socket),
@@ -121,7 +122,7 @@ _OUTCOME = {"TOKEN_UNAVAILABLE": "unavailable", "TOKEN_BELOW_MIN_TTL": "below_mi
 
 async def _not_found(request: web.Request, hub: Hub) -> web.Response:
     raise ServeError(404, "NOT_FOUND", f"no such endpoint: {request.path[:100]}",
-                     "See GET /v1/token, /v1/targets/NAME/token, /v1/status")
+                     "See GET /v1/token, /v1/targets/NAME/token, /v1/status; POST /v1/invalidate")
 
 
 def _keeper(hub: Hub, name: str) -> Keeper:
@@ -171,7 +172,14 @@ async def _target_token(request: web.Request, hub: Hub) -> web.Response:
 
 
 async def _invalidate(request: web.Request, hub: Hub) -> web.Response:
-    keeper = _keeper(hub, request.match_info["name"])
+    return await _answer_invalidate(request, hub, _keeper(hub, request.match_info["name"]))
+
+
+async def _default_invalidate(request: web.Request, hub: Hub) -> web.Response:
+    return await _answer_invalidate(request, hub, _keeper(hub, hub.config.default_target))
+
+
+async def _answer_invalidate(request: web.Request, hub: Hub, keeper: Keeper) -> web.Response:
     try:
         # Headers are bounded by the keep-alive timer; a body trickled in byte by byte is not.
         body = await asyncio.wait_for(request.read(), IDLE_TIMEOUT)

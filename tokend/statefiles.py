@@ -128,13 +128,40 @@ def private_dir(state_dir: Path, config_key: str = "server.state_dir") -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(config_key, f"{directory} is not a directory",
                           f"remove it; tokend creates {directory} itself")
+    _refuse_if_others_can_plant(directory, st, config_key)
+    return directory
+
+
+def check_private_dir(state_dir: Path, config_key: str = "server.state_dir") -> str | None:
+    """What :func:`private_dir` would say, asked without creating anything.
+
+    Raises InsecureStateDir where it would; returns why the folder cannot be used otherwise (tokend
+    then keeps its records in memory, with a warning), or None when it can be.
+    """
+    directory = state_dir / PRIVATE_DIR_NAME
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        if os.access(state_dir, os.W_OK | os.X_OK):
+            return None
+        reason = "does not exist" if not state_dir.exists() else "is not writable by tokend's user"
+        return f"{state_dir} {reason}, so {directory} cannot be created"
+    except OSError as exc:
+        return f"cannot use {directory}: {os_reason(exc)}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory"
+    _refuse_if_others_can_plant(directory, st, config_key)
+    return None
+
+
+def _refuse_if_others_can_plant(directory: Path, st: os.stat_result, config_key: str) -> None:
     if st.st_uid != os.geteuid():
         raise InsecureStateDir(config_key, f"{directory} belongs to another user (uid {st.st_uid})",
-                          "remove it, or chown it to tokend's user; tokend creates it with mode 0700")
+                               "remove it, or chown it to tokend's user; tokend creates it with"
+                               " mode 0700")
     if st.st_mode & stat.S_IWOTH:
         raise InsecureStateDir(config_key, f"{directory} is writable by other users "
-                          f"(mode {stat.S_IMODE(st.st_mode):04o})", f"chmod 700 {directory}")
-    return directory
+                               f"(mode {stat.S_IMODE(st.st_mode):04o})", f"chmod 700 {directory}")
 
 
 def write_atomically(path: Path, data: bytes, mode: int, *, exclusive: bool = False) -> bool:

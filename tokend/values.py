@@ -16,11 +16,17 @@ import pwd
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 from tokend.errors import ConfigError
 
 T = TypeVar("T", bound=str)
+
+# The [log] choices, here so that the command line offers them without loading the config package.
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "console", "auto"]
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 
 DURATION_FIX = 'use a number with a unit, e.g. "500ms", "30s", "5m", "1h", or a number of seconds'
 

@@ -314,12 +314,13 @@ async def test_cli_token_header_and_json(make_upstream: Callable[..., Any],
         done = await cli(*args, "--socket", sock)
         assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), (args, done)
 
+    # An unknown target is a usage error (2), not a failure of tokend (1).
     done = await cli("health", "--ready", "--target", "nope", "--socket", sock)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert_one_line_error(done.stderr, "nope")
 
     done = await cli("token", "--socket", sock, "--target", "nope")
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stdout == ""
     assert_one_line_error(done.stderr, "TARGET_NOT_FOUND", "nope")
 

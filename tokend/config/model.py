@@ -13,13 +13,14 @@ from typing import Literal, get_args
 
 from tokend import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from tokend.secrets import SecretSource
+from tokend.values import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 
-LogLevel = Literal["debug", "info", "warning", "error"]
-LogFormat = Literal["json", "console", "auto"]
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "SINK_FORMATS", "Config", "FileSink", "LogConfig",
+           "LogFormat", "LogLevel", "LogOverride", "MetricsConfig", "PolicyConfig",
+           "ProxyConfig", "ServerConfig", "SinkFormat", "TargetConfig"]
+
 SinkFormat = Literal["raw", "json"]
 
-LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
-LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 SINK_FORMATS: tuple[SinkFormat, ...] = get_args(SinkFormat)
 
 
@@ -154,6 +155,19 @@ class LogConfig:
 
     level: LogLevel = "info"
     format: LogFormat = "auto"
+
+
+@dataclass(frozen=True)
+class LogOverride:
+    """``--log-level``/``--log-format`` and ``TOKEND_LOG_LEVEL``/``TOKEND_LOG_FORMAT``: each set
+    one wins over the ``[log]`` table, at start and at every reload."""
+
+    level: LogLevel | None = None
+    format: LogFormat | None = None
+
+    def over(self, base: LogConfig) -> LogConfig:
+        """``base`` with the settings given here put over it."""
+        return LogConfig(level=self.level or base.level, format=self.format or base.format)
 
 
 @dataclass(frozen=True)

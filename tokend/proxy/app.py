@@ -61,7 +61,7 @@ from tokend.server import IDLE_TIMEOUT, ConnectionSlots, GatedUnixSite, Hub, Pee
 from tokend.trust import read_ca_file
 from tokend.values import group_id
 
-STOP_GRACE = 5.0  # requests in flight when a proxy stops may finish within this
+STOP_GRACE = 5.0  # the default of [server] shutdown_timeout: requests in flight may finish within it
 TRUST_CHECK_INTERVAL = 30.0  # ca_file is re-read like the keeper's (SPEC §8.8)
 log = get_logger()
 
@@ -179,7 +179,8 @@ class Proxy:
         self.forwarder = forwarder
         server = web.Server(self._handle, handler_cancellation=True, access_log=None,
                             keepalive_timeout=IDLE_TIMEOUT)
-        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=STOP_GRACE)
+        runner = web.ServerRunner(server, handle_signals=False,
+                                  shutdown_timeout=self.hub.config.server.shutdown_timeout)
         await runner.setup()
         self._runner = runner
         if self._sock is not None:

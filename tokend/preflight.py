@@ -1,0 +1,109 @@
+"""Everything ``tokend run`` refuses to start with, asked before anything is opened.
+
+One function, :func:`preflight`, called by ``tokend check-config``, by the daemon at start, by
+``tokend run --once`` and by every SIGHUP, so they cannot disagree: when ``check-config`` exits 0,
+``run`` starts with that config, and a reload it would pass is not refused. It asks what the
+daemon's own code asks, in the order the daemon opens things, and creates nothing:
+
+1. every secret source reads (:func:`tokend.secrets.read_secret`);
+2. the state folder is not one others could plant records in (:mod:`tokend.statefiles`);
+3. each Unix socket, the API's and each proxy's, could be bound with its group
+   (:func:`tokend.listen.check_socket_path`): the directory exists and is writable, no other
+   file is in the way, the group exists and tokend's user may give the socket to it;
+4. the metrics address can be listened on;
+5. each file sink's directory is tokend's alone and its group can be given
+   (:meth:`tokend.filesink.TokenFile.check`).
+
+Some findings are not refusals, and come back as notes for ``check-config`` to print: a state
+folder that cannot be created (the lockout records are then kept in memory, with a warning), and a
+socket a running tokend holds now (``run`` would refuse a second one; a SIGHUP to the running one
+applies the config instead). The daemon itself never probes liveness here: taking the lock does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokend.config import Config, check_secrets
+from tokend.filesink import TokenFile
+from tokend.listen import bind_tcp, check_socket_path, lock_is_held
+from tokend.statefiles import check_private_dir
+
+
+@dataclass
+class Findings:
+    """What a preflight found that is not a refusal, one line each, for ``check-config``."""
+
+    notes: list[str] = field(default_factory=list)
+    live: bool = False  # a running tokend holds the API socket
+
+
+def preflight(config: Config, *, start: bool = True, held: Collection[Path] = (),
+              activated: Collection[str] = (), look_for_live: bool = False,
+              sockets: bool = True) -> Findings:
+    """Raise the ConfigError the daemon would raise with ``config``; else return the findings.
+
+    ``start``: a fresh start (the API socket, the state folder and the metrics listener count);
+    a reload leaves them out, since it keeps them as they are. ``held``: socket paths this
+    daemon serves already (a reload keeps them). ``activated``: the ``FileDescriptorName=`` of
+    each socket systemd passes (``""`` for the API socket's): systemd made those, not tokend.
+    ``look_for_live``: ``check-config`` asks whether a tokend serves the config's sockets now
+    (then the metrics address is that tokend's too, and is not tried). ``sockets``: False for
+    ``run --once``, which opens no socket.
+    """
+    found = Findings()
+    check_secrets(config)
+    if start:
+        reason = check_private_dir(config.server.state_dir)
+        if reason is not None:
+            found.notes.append(f"state directory: {reason}; tokend will keep the lockout records"
+                               " in memory only (a warning at start), so a restart forgets them")
+    if sockets:
+        _check_sockets(config, found, start=start, held=held, activated=activated,
+                       look_for_live=look_for_live)
+    for target in config.targets:
+        if target.file_sink is not None:
+            TokenFile(target.file_sink, target.key("file_sink")).check()
+    return found
+
+
+def _check_sockets(config: Config, found: Findings, *, start: bool, held: Collection[Path],
+                   activated: Collection[str], look_for_live: bool) -> None:
+    server = config.server
+    api_activated = any(name not in {p.target for p in config.proxies} for name in activated)
+    if start and not api_activated:
+        if look_for_live and lock_is_held(server.socket):
+            found.live = True
+            found.notes.append(f"socket: a running tokend serves {server.socket} now: `tokend"
+                               " run` would refuse to start a second one (exit 2); send the"
+                               " running one SIGHUP (systemctl reload tokend) to apply this config")
+        else:
+            check_socket_path(server.socket, server.socket_group, "server.socket")
+    for proxy in config.proxies:
+        if proxy.socket is None or proxy.socket in held or proxy.target in activated:
+            continue
+        if look_for_live and lock_is_held(proxy.socket):
+            found.notes.append(f"{proxy.key('socket')}: a running tokend serves {proxy.socket}"
+                               " now")
+            continue
+        check_socket_path(proxy.socket, proxy.socket_group, proxy.key("socket"))
+    metrics = config.metrics
+    if start and metrics.host is not None:
+        if found.live:
+            found.notes.append("metrics: not tried, the running tokend listens there")
+        else:
+            bind_tcp(metrics.host, metrics.port, "metrics.listen").close()
+
+
+def activated_names() -> list[str]:
+    """The ``FileDescriptorName=`` of each socket systemd passes this process (none: ``[]``),
+    read without taking the sockets."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count_text = os.environ.get("LISTEN_FDS", "0")
+    count = int(count_text) if count_text.isdigit() else 0
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+    return [names[i] if i < len(names) else "" for i in range(count)]
