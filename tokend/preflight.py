@@ -17,7 +17,8 @@ daemon's own code asks, in the order the daemon opens things, and creates nothin
 Some findings are not refusals, and come back as notes for ``check-config`` to print: a state
 folder that cannot be created (the lockout records are then kept in memory, with a warning), and a
 socket a running tokend holds now (``run`` would refuse a second one; a SIGHUP to the running one
-applies the config instead). The daemon itself never probes liveness here: taking the lock does.
+applies the config instead). For ``run`` a running tokend ends the checks of the sockets: taking
+the lock then refuses, naming it, which says more than the metrics port it also holds.
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ def _check_sockets(config: Config, found: Findings, *, start: bool, held: Collec
     server = config.server
     api_activated = any(name not in {p.target for p in config.proxies} for name in activated)
     if start and not api_activated:
-        if look_for_live and lock_is_held(server.socket):
-            found.live = True
+        found.live = lock_is_held(server.socket)
+        if found.live and not look_for_live:
+            return  # run: taking the lock refuses, naming the running tokend, before anything else
+        if found.live:
             found.notes.append(f"socket: a running tokend serves {server.socket} now: `tokend"
                                " run` would refuse to start a second one (exit 2); send the"
                                " running one SIGHUP (systemctl reload tokend) to apply this config")
