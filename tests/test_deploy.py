@@ -225,7 +225,7 @@ def test_manifests_validate(version: str) -> None:
     result = run(tool, "--strict", "-k", version, str(SIDECAR))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "ERROR" not in output and output.count(" passed ") == len(documents) == 3, output
+    assert "ERROR" not in output and output.count(" passed ") == len(documents) == 2, output
 
 
 def test_tokend_is_a_native_sidecar(pod: dict[str, Any]) -> None:
@@ -235,6 +235,28 @@ def test_tokend_is_a_native_sidecar(pod: dict[str, Any]) -> None:
     # The directory for the token file is made by a plain init container that runs before it.
     assert names.index("tokens-dir") < names.index("tokend")
     assert "restartPolicy" not in container(pod, "tokens-dir")
+
+
+def test_first_token_init_step_runs_once_before_the_sidecar(pod: dict[str, Any],
+                                                            pod_config: Config) -> None:
+    """``tokend run --once`` fails the pod's start with the reason, before the worker starts."""
+    names = [c["name"] for c in pod["initContainers"]]
+    first = container(pod, "first-token")
+    sidecar = container(pod, "tokend")
+    assert names.index("tokens-dir") < names.index("first-token") < names.index("tokend")
+    assert "restartPolicy" not in first  # a plain init container: it must finish first
+    assert first["args"][:2] == ["run", "--once"]
+    assert first["args"][2:] == sidecar["args"][1:] == ["--config", "/etc/tokend/config.toml"]
+    assert first["image"] == sidecar["image"]
+    assert first["securityContext"]["runAsUser"] == sidecar["securityContext"]["runAsUser"]
+    mounts = {m["mountPath"]: m["name"] for m in first["volumeMounts"]}
+    assert mounts == {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
+    # Its lockout record is on the shared volume, where the sidecar and its own restarts see it.
+    socket_dir = pod_config.server.socket.parent
+    assert pod_config.server.state_dir == socket_dir
+    assert mounts[str(socket_dir)] == "run"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["run"]
 
 
 def probe_command(probe: dict[str, Any]) -> list[str]:
@@ -312,7 +334,8 @@ def test_shared_volume_and_secret(pod: dict[str, Any], pod_config: Config) -> No
     secret_dir = str(Path(target.secret.ref).parent)
     secret_volume = volumes[mounts["tokend"][secret_dir]["name"]]["secret"]
     assert secret_volume["defaultMode"] & 0o007 == 0
-    assert all(secret_dir not in m for name, m in mounts.items() if name != "tokend")
+    assert all(secret_dir not in m for name, m in mounts.items()
+               if name not in ("tokend", "first-token"))
 
 
 def test_metrics_scrape(manifests: dict[str, dict[str, Any]], pod: dict[str, Any],
@@ -326,8 +349,15 @@ def test_metrics_scrape(manifests: dict[str, dict[str, Any]], pod: dict[str, Any
     assert metrics.port in ports
 
 
-def test_secret_example_holds_no_password(manifests: dict[str, dict[str, Any]]) -> None:
-    assert set(manifests["Secret"]["stringData"].values()) == {""}
+def test_applying_the_manifest_never_replaces_the_secret(manifests: dict[str, dict[str, Any]],
+                                                        pod: dict[str, Any]) -> None:
+    """The Secret is made with kubectl create secret (README); a placeholder in the applied file
+    would overwrite it at every kubectl apply."""
+    assert "Secret" not in manifests
+    secret = next(v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v)
+    assert f"kubectl create secret generic {secret}" in SIDECAR.read_text()
+    readme = (REPO / "README.md").read_text()
+    assert f"kubectl create secret generic {secret}" in readme
 
 
 # -- Dockerfile -------------------------------------------------------------------------------------
