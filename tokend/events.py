@@ -22,8 +22,10 @@ UPSTREAM_ERROR_FIELDS = ("operation", "outcome", "errorCode", "message", "consec
 
 CATALOGUE: dict[str, Event] = {
     "daemon.started": Event(("info",), ("version", "socket", "metrics", "targets"),
-                            "listening; keepers started"),
-    "daemon.stopping": Event(("info",), (), "SIGTERM/SIGINT: shutting down"),
+                            "listening; keepers started. `metrics` is the address listened on,"
+                            " with the port the kernel picked for port 0"),
+    "daemon.stopping": Event(("info",), (), "SIGTERM/SIGINT: shutting down (only after"
+                             " daemon.started: a start refused by its checks logs nothing)"),
     "daemon.stopped": Event(("info",), (), "socket removed; about to exit"),
     "token.acquired": Event(("info",), ("target", "operation", "fingerprint", "expires_at",
                                         "expires_in", "next_refresh_in", "duration"),
@@ -106,7 +108,8 @@ CATALOGUE: dict[str, Event] = {
     "proxy.started": Event(("info",), ("target", "socket"),
                            "a proxy listens (at start, or a SIGHUP added it or moved its socket)"),
     "proxy.stopped": Event(("info",), ("target", "socket"),
-                           "a proxy stopped listening; its requests in flight had up to 5 s"),
+                           "a proxy stopped listening; its requests in flight had up to"
+                           " shutdown_timeout"),
     "proxy.start_failed": Event(("error",), ("target", "key", "error"),
                                 "a proxy a SIGHUP moved to a socket could not take it: it is not"
                                 " served until the next SIGHUP"),
