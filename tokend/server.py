@@ -221,29 +221,40 @@ async def _readyz_socket(request: web.Request, hub: Hub) -> web.Response:
 
 
 class ConnectionSlots:
-    """The open connections of every Unix listener of one daemon, by uid: the limits are shared."""
+    """The open connections of every consumer listener of one daemon, by uid (Unix sockets) or
+    by peer address (a proxy's TCP listener): the total is shared."""
 
     def __init__(self) -> None:
-        self._open: dict[int, list[asyncio.BaseTransport]] = {}
+        self._open: dict[int | str, list[asyncio.BaseTransport]] = {}
 
     def take(self, uid: int, transport: asyncio.BaseTransport, per_uid: int,
              total: int) -> str | None:
         """Count ``transport`` against ``uid`` and the total, or say why not (limits reached)."""
+        return self._take(uid, "uid", "server.max_connections_per_uid", transport, per_uid, total)
+
+    def take_address(self, address: str, transport: asyncio.BaseTransport, per_address: int,
+                     total: int) -> str | None:
+        """Count a TCP ``transport`` against its peer ``address`` and the total, or say why not."""
+        return self._take(address, "address", "server.max_connections_per_uid, per address on TCP",
+                          transport, per_address, total)
+
+    def _take(self, who: int | str, kind: str, setting: str, transport: asyncio.BaseTransport,
+              per_peer: int, total: int) -> str | None:
         for key in list(self._open):
             alive = [t for t in self._open[key] if not t.is_closing()]
             if alive:
                 self._open[key] = alive
             else:
                 del self._open[key]
-        mine = self._open.get(uid, [])
+        mine = self._open.get(who, [])
         in_all = sum(len(ts) for ts in self._open.values())
-        if len(mine) >= per_uid:
-            return (f"uid {uid} already has {len(mine)} connections open to tokend, the most one"
-                    " uid may have (server.max_connections_per_uid)")
+        if len(mine) >= per_peer:
+            return (f"{kind} {who} already has {len(mine)} connections open to tokend, the most"
+                    f" one {kind} may have ({setting})")
         if in_all >= total:
             return (f"tokend already has {in_all} connections open, the most it accepts"
                     " (server.max_connections)")
-        self._open[uid] = [*mine, transport]
+        self._open[who] = [*mine, transport]
         return None
 
 
