@@ -127,9 +127,9 @@ def bound_port(tokend: Tokend) -> int | None:
 def facade_table(workdir: Path, **settings: Any) -> dict[str, Any]:
     """The [[proxies]] table of the facade tests: socket, listen on a port the kernel picks, the
     users file and the session key file in ``workdir``."""
-    return proxy_table(workdir / PROXY_SOCKET, listen="127.0.0.1:0",
-                       users_file=str(workdir / "users.htpasswd"),
-                       session_key_file=str(workdir / "facade.key"), **settings)
+    defaults = {"listen": "127.0.0.1:0", "users_file": str(workdir / "users.htpasswd"),
+                "session_key_file": str(workdir / "facade.key")}
+    return proxy_table(workdir / PROXY_SOCKET, **{**defaults, **settings})
 
 
 @pytest.fixture
