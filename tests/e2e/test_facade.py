@@ -147,7 +147,9 @@ async def test_a_unix_socket_login_is_the_peers_uid_whatever_the_body(facaded: F
 
 
 async def test_a_wrong_local_password_gets_401_and_a_burst_gets_429_after_5(
-        facaded: Facaded) -> None:
+        make_facaded: Callable[..., Any]) -> None:
+    metrics_port = free_port()
+    facaded: Facaded = await make_facaded(metrics={"listen": f"127.0.0.1:{metrics_port}"})
     wrong = await facaded.login(LOCAL_USER, "not-the-password")
     assert wrong.status == 401
     error = error_of(wrong)
@@ -176,6 +178,14 @@ async def test_a_wrong_local_password_gets_401_and_a_burst_gets_429_after_5(
     for secret in ("not-the-password", "guess", "Hunter2-typed-as-a-user", LOCAL_PASSWORD):
         assert secret not in log_text
     assert upstream_logins(facaded) == 1
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+        text = await resp.text()
+    logins = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines() if line.startswith("tokend_proxy_logins_total")}
+    assert logins == {'tokend_proxy_logins_total{outcome="success",target="t1"}': 1,
+                      'tokend_proxy_logins_total{outcome="rejected",target="t1"}': 6,
+                      'tokend_proxy_logins_total{outcome="rate_limited",target="t1"}': 4}, logins
     assert_catalogued(facaded.tokend)
 
 
@@ -318,6 +328,32 @@ async def test_oversized_and_malformed_login_bodies(facaded: Facaded) -> None:
     long_password = await facaded.login(LOCAL_USER, LOCAL_PASSWORD + "x" * 100)
     assert long_password.status == 401, "bcrypt would ignore what follows 72 bytes"
     assert upstream_logins(facaded) == 1
+
+
+async def test_no_answer_of_the_tcp_listener_holds_the_upstream_token(facaded: Facaded) -> None:
+    fake = facaded.fake
+    started = time.monotonic()
+    token = await facaded.access_token()
+    upstream_token = fake.issued_access_tokens[-1]
+    answers = [await facaded.request("GET", "/v1/domains", headers=bearer(token))]
+    # An error answer that repeats the upstream token is redacted before it is passed on.
+    fake.faults.fail_next("echo", 400, body={"errorCode": "X", "message": f"t {upstream_token}"})
+    answers.append(await facaded.request("GET", "/v1/echo", headers=bearer(token)))
+    assert answers[-1].status == 400 and b"**redacted**" in answers[-1].body
+    # The upstream refusing tokend's token: its 401, which names the token, is redacted too.
+    # Consumer-triggered refreshes wait 5 s after a new token (SPEC §4): start after that.
+    await asyncio.sleep(max(0.0, started + 5.7 - time.monotonic()))
+    fake.revoke_access_tokens()
+    fake.faults.echo_secrets_in_errors = True
+    answers.append(await facaded.request("PUT", "/v1/sink", os.urandom(100 * 1024),
+                                         headers=bearer(token)))
+    assert answers[-1].status == 401
+    answers.append(await facaded.request("GET", "/v1/echo", headers=bearer(token)))
+    assert answers[-1].status == 200
+    for answer in answers:
+        blob = answer.body + "".join(f"{k}: {v}" for k, v in answer.headers.items()).encode()
+        for secret in [*fake.issued_access_tokens, *fake.issued_refresh_ids]:
+            assert secret.encode() not in blob
 
 
 # -- the HTTPS listener ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import contextlib
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -34,7 +34,7 @@ from tokend.errbody import error_body, raw_http_error
 from tokend.errors import ConfigError
 from tokend.logs import get_logger
 from tokend.proxy.seams import Caller
-from tokend.proxy.tlsgen import CertReloader, ensure_material
+from tokend.proxy.tlsgen import CertReloader, TlsFiles, ensure_material
 from tokend.server import IDLE_TIMEOUT, _Handler
 from tokend.statefiles import os_reason
 
@@ -130,7 +130,7 @@ def listener_key(config: ProxyConfig, state_dir: Path) -> tuple[object, ...]:
             state_dir if generated and config.listen is not None else None)
 
 
-def _material(config: ProxyConfig, state_dir: Path, now: float) -> Any:
+def _material(config: ProxyConfig, state_dir: Path, now: float) -> TlsFiles:
     files = ensure_material(state_dir, config.tls_names, now=now, config_key="server.state_dir",
                             names_key=config.key("tls_names"))
     if files.generated:
