@@ -77,9 +77,10 @@ class Facade:
         self.users = users
         self.metrics = metrics
         self.state_dir = state_dir  # where a generated session key lives (no session_key_file)
-        self.limiter = limiter or LoginLimiter()
-        self.log_limiter = log_limiter or LogLimiter()
-        self.revoked = revoked or RevokedIds()
+        # Not ``or``: these define __len__, and an empty one is falsy.
+        self.limiter = limiter if limiter is not None else LoginLimiter()
+        self.log_limiter = log_limiter if log_limiter is not None else LogLimiter()
+        self.revoked = revoked if revoked is not None else RevokedIds()
         self._wall = wall
         self._mono = mono
         self._checks: set[asyncio.Future[bool]] = set()
