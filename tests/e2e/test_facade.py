@@ -511,3 +511,48 @@ async def test_a_listen_address_in_use_fails_start_with_exit_2(
     assert "proxies[0].listen" in tokend.stderr() and "Traceback" not in tokend.stderr()
     assert upstream.fake.count("login") == 0, "it failed before any login"
     assert not (workdir / "t1.api.sock").exists()
+
+
+async def test_an_operators_certificate_is_re_read_when_it_changes(
+        make_facaded: Callable[..., Any], workdir: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert, key = workdir / "proxy.crt", workdir / "proxy.key"
+
+    def install(serial_name: str) -> bytes:
+        issued = ca.issue_cert("127.0.0.1", "localhost", organization_name=serial_name)
+        issued.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        return issued.cert_chain_pems[0].bytes()
+
+    first = install("first")
+    facaded: Facaded = await make_facaded(proxy={"tls_cert_file": str(cert),
+                                                 "tls_key_file": str(key)})
+    ca_file = workdir / "operator-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    facaded.ca_file = ca_file
+    assert not (workdir / "state" / "proxy-ca.pem").exists(), "nothing generated"
+
+    async def served() -> bytes:
+        _, writer = await asyncio.open_connection("127.0.0.1", facaded.port,
+                                                  ssl=facaded.ssl_context(),
+                                                  server_hostname="localhost")
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return ssl.DER_cert_to_PEM_cert(der).encode()
+
+    assert _same_cert(await served(), first)
+    token = await facaded.access_token()
+    second = install("second")
+    facaded.tokend.signal(signal.SIGHUP)
+    await eventually(lambda: facaded.tokend.events("proxy.files_reloaded"), 10,
+                     what="the certificate re-read")
+    assert _same_cert(await served(), second)
+    assert (await facaded.request("GET", "/v1/domains", headers=bearer(token))).status == 200
+    assert_catalogued(facaded.tokend)
+
+
+def _same_cert(a: bytes, b: bytes) -> bool:
+    return ssl.PEM_cert_to_DER_cert(a.decode()) == ssl.PEM_cert_to_DER_cert(b.decode())
