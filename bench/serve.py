@@ -228,10 +228,9 @@ def per_uid_limit(option: str) -> int | None:
     """Connections per uid the load generator keeps to: ``--per-uid``, or tokend's own limit."""
     if option != "auto":
         return int(option) or None
-    import tokend.server
+    from tokend.config import ServerConfig
 
-    limit = getattr(tokend.server, "MAX_CONNECTIONS_PER_UID", None)
-    return limit if isinstance(limit, int) and limit > 0 else None
+    return ServerConfig.max_connections_per_uid
 
 
 def tokend_argv() -> list[str]:

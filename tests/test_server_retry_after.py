@@ -15,7 +15,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tokend import server
 from tokend.config import ServerConfig
 from tokend.keeper import ServeError
 from tokend.listen import bind_unix
@@ -96,9 +95,14 @@ async def test_every_503_on_the_metrics_listener_has_retry_after(
 
 
 @pytest.fixture
-async def gated_socket(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Path]:
+def hub() -> FailingHub:
+    return FailingHub()
+
+
+@pytest.fixture
+async def gated_socket(tmp_path_factory: pytest.TempPathFactory,
+                       hub: FailingHub) -> AsyncIterator[Path]:
     path = tmp_path_factory.mktemp("s") / "api.sock"
-    hub = FailingHub()
     runner = web.AppRunner(socket_app(hub), access_log=None, handle_signals=False)
     await runner.setup()
     await GatedUnixSite(runner, bind_unix(path, 0o600, None), PeerGate(hub)).start()
@@ -114,8 +118,8 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
 
 
 async def test_the_503_at_accept_for_connection_limits_has_retry_after(
-        gated_socket: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "MAX_CONNECTIONS_PER_UID", 1)
+        gated_socket: Path, hub: FailingHub) -> None:
+    hub.config = SimpleNamespace(server=ServerConfig(max_connections_per_uid=1), default_target="t1")
     _, first = await asyncio.open_unix_connection(str(gated_socket))  # holds the uid's one slot
     try:
         reader, writer = await asyncio.open_unix_connection(str(gated_socket))

@@ -64,6 +64,9 @@ CATALOGUE: dict[str, Event] = {
     "consumer.connection_limit": Event(("warning",), ("uid", "pid", "message"),
                                        "a peer over the connection limits (once per uid per"
                                        " minute)"),
+    "server.open_files_limit": Event(("warning",), ("limit", "needed", "message", "remediation"),
+                                     "at start: the open-file limit cannot be raised to fit"
+                                     " max_connections"),
     "config.reloaded": Event(("info",), ("kept", "restarted", "removed"),
                              "SIGHUP applied; targets kept keep their tokens"),
     "config.reload_failed": Event(("error",), ("key", "error", "action"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import socket
 import stat
 from pathlib import Path
@@ -112,3 +113,24 @@ def activated_socket() -> socket.socket | None:
                           "use ListenStream=/run/tokend/tokend.sock in tokend.socket")
     sock.setblocking(False)
     return sock
+
+
+# Descriptors tokend needs besides its consumers' connections: the upstream sessions, the metrics
+# listener, log and lock files, the event loop's own.
+RESERVED_FILES = 256
+
+
+def fit_open_files(connections: int) -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to fit ``connections`` (never above the hard limit).
+
+    Returns (soft, needed): the limit now in force, and what would fit; a soft limit below
+    ``needed`` means the connection limits cannot all be reached.
+    """
+    needed = connections + RESERVED_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft, needed

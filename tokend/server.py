@@ -23,6 +23,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from tokend.config import Config
 from tokend.errbody import error_body, error_response, raw_http_error
 from tokend.keeper import Keeper, ServeError
+from tokend.listen import fit_open_files
 from tokend.logs import get_logger
 from tokend.metrics import Metrics
 from tokend.peers import Peer, admits, denial_message, peer_of
@@ -32,9 +33,8 @@ DENIAL_LOG_INTERVAL = 60.0
 # The request line and headers must arrive within this, and an idle keep-alive connection is closed
 # after it (aiohttp's keep-alive timer runs from accept and between requests).
 IDLE_TIMEOUT = 10.0
-# Open connections of one uid, and in all: one uid cannot starve another, nor tokend of descriptors.
-MAX_CONNECTIONS_PER_UID = 128  # a host's automation, 100 workers under one account, fits
-MAX_CONNECTIONS = 512  # well inside the usual 1024 descriptors
+# Open connections of one uid, and in all, are bounded by [server] max_connections_per_uid and
+# max_connections (SPEC §8): one uid cannot starve another, nor tokend of descriptors.
 # Every 503 tokend generates says when to ask again (SPEC §8.6); a probe's answer can change at the
 # keepers' next step, and the systemd STATUS= lines are sent at this interval too.
 PROBE_RETRY_AFTER = 5
@@ -252,10 +252,11 @@ class PeerGate:
         self._open = {uid: ts for uid, ts in open_now.items() if ts}
         mine = self._open.get(peer.uid, [])
         total = sum(len(ts) for ts in self._open.values())
-        if len(mine) >= MAX_CONNECTIONS_PER_UID:
+        server = self.hub.config.server  # the limits as currently loaded
+        if len(mine) >= server.max_connections_per_uid:
             why = (f"uid {peer.uid} already has {len(mine)} connections open to tokend, the most"
                    " one uid may have")
-        elif total >= MAX_CONNECTIONS:
+        elif total >= server.max_connections:
             why = f"tokend already has {total} connections open, the most it accepts"
         else:
             self._open[peer.uid] = [*mine, transport]
@@ -345,7 +346,8 @@ class GatedUnixSite(web.BaseSite):
     """Like aiohttp's SockSite for a bound Unix socket, with the peer check at accept."""
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket, gate: PeerGate) -> None:
-        super().__init__(runner)
+        # A backlog to match the connection limit (the kernel caps it at net.core.somaxconn).
+        super().__init__(runner, backlog=gate.hub.config.server.max_connections)
         self._sock = sock
         self._gate = gate
 
@@ -355,8 +357,15 @@ class GatedUnixSite(web.BaseSite):
         return f"http://unix:{self._sock.getsockname()}:"
 
     async def start(self) -> None:
-        """Listen on the already-bound socket."""
+        """Listen on the already-bound socket, with enough descriptors for the connection limit."""
         await super().start()
+        limit = self._gate.hub.config.server.max_connections
+        soft, needed = fit_open_files(limit)
+        if soft < needed:
+            log.warning("server.open_files_limit", limit=soft, needed=needed,
+                        message=f"RLIMIT_NOFILE {soft} is below what max_connections = {limit} needs",
+                        remediation="raise LimitNOFILE= (systemd) or ulimit -n, or lower"
+                                    " server.max_connections")
         server = self._runner.server
         assert server is not None
         gate = self._gate

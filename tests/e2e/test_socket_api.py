@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.harness import PASSWORD, Answer, Tokend, Upstream, eventually
-from tokend.server import IDLE_TIMEOUT, MAX_CONNECTIONS_PER_UID
+from tokend.server import IDLE_TIMEOUT
 
 ISO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 TOKEN_KEYS = {"target", "tokenType", "accessToken", "expiresAt", "expiresIn", "upstreamExp",
@@ -469,12 +469,14 @@ async def test_one_uid_cannot_take_every_connection(
         upstream: Upstream, make_tokend: Callable[..., Any], workdir: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to connect as another uid")
-    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem)
+    per_uid = 16
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
+                                       server=f"max_connections_per_uid = {per_uid}")
     tokend.socket.chmod(0o666)
     workdir.chmod(0o711)
     held: list[socket.socket] = []
     try:
-        for _ in range(MAX_CONNECTIONS_PER_UID):
+        for _ in range(per_uid):
             held.append(await open_raw(tokend.socket))
         one_more = await open_raw(tokend.socket)  # sends nothing: answered at accept
         refused = await read_until_closed(one_more, 5)

@@ -15,7 +15,7 @@ from tokend.errors import ConfigError
 
 TOP_KEYS = ("server", "metrics", "log", "targets")
 SERVER_KEYS = ("socket", "socket_mode", "socket_group", "allowed_uids", "allowed_gids",
-               "default_target")
+               "default_target", "max_connections", "max_connections_per_uid")
 METRICS_KEYS = ("listen",)
 LOG_KEYS = ("level", "format")
 PASSWORD_KEYS = ("password_file", "password_env", "password_credential", "password")

@@ -34,6 +34,7 @@ from tokend.values import (
     as_choice,
     as_group_name,
     as_id_set,
+    as_int,
     as_mode,
     as_string,
     quoted,
@@ -44,6 +45,9 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 # The longest a Unix socket path can be (sun_path is 108 bytes including the terminating NUL).
 _MAX_SOCKET_PATH = 107
+# Connections are file descriptors: beyond this, the limit is a typo (tokend raises its own
+# RLIMIT_NOFILE soft limit to fit max_connections, up to the hard limit).
+MAX_CONNECTIONS_LIMIT = 1_000_000
 
 
 def load_config(path: str | Path) -> Config:
@@ -134,11 +138,27 @@ def _server(data: Mapping[str, object], targets: Sequence[TargetConfig]) -> Serv
     elif len(targets) > 1:
         raise ConfigError("server.default_target", "required when there are two or more targets",
                           f"set it to one of {quoted(names)}")
+    total = _limit(data, "max_connections", ServerConfig.max_connections)
+    per_uid = _limit(data, "max_connections_per_uid", ServerConfig.max_connections_per_uid)
+    if per_uid > total:
+        raise ConfigError("server.max_connections_per_uid",
+                          f"{per_uid} is more than server.max_connections ({total})",
+                          "make it at most max_connections")
     return ServerConfig(
         socket=socket, socket_mode=socket_mode, socket_group=group, allowed_uids=uids,
-        allowed_gids=gids, default_target=default,
+        allowed_gids=gids, default_target=default, max_connections=total,
+        max_connections_per_uid=per_uid,
         socket_mode_set="socket_mode" in data or "socket_group" in data,
     )
+
+
+def _limit(data: Mapping[str, object], name: str, default: int) -> int:
+    """A connection limit of [server]: a whole number from 1 to MAX_CONNECTIONS_LIMIT."""
+    value = as_int(data.get(name, default), f"server.{name}")
+    if not 1 <= value <= MAX_CONNECTIONS_LIMIT:
+        raise ConfigError(f"server.{name}", f"{value} is not between 1 and {MAX_CONNECTIONS_LIMIT}",
+                          f"use a number of connections from 1 to {MAX_CONNECTIONS_LIMIT}")
+    return value
 
 
 def _metrics(data: Mapping[str, object]) -> MetricsConfig:

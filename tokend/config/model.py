@@ -101,6 +101,8 @@ class ServerConfig:
     allowed_uids: frozenset[int] = frozenset()
     allowed_gids: frozenset[int] = frozenset()
     default_target: str | None = None
+    max_connections: int = 4096  # open connections in all (SPEC §8)
+    max_connections_per_uid: int = 1024  # open connections of one uid
     socket_mode_set: bool = False  # whether the file set it (a warning under socket activation)
 
 
