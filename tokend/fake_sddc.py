@@ -158,6 +158,7 @@ class Faults:
         self.clock_skew = 0.0
         self.echo_secrets_in_errors = False
         self.queue: list[_Fault] = []
+        self.revoke_access: Callable[[], None] | None = None  # set by FakeSddc
 
     def reset(self) -> None:
         """Back to a well-behaved server (refresh tokens already revoked stay revoked)."""
@@ -226,6 +227,12 @@ class Faults:
         """Forget every refresh token, as if an administrator revoked them all."""
         self._revoke_all()
 
+    def revoke_access_tokens(self) -> None:
+        """Refuse every access token issued so far: ``GET /v1/domains`` answers them 401
+        ``Unauthorized``, as after a forced revocation; refresh tokens keep working."""
+        if self.revoke_access is not None:
+            self.revoke_access()
+
     def delay_for(self, operation: Operation) -> float:
         """Seconds to wait before answering a call of ``operation``."""
         return self.delays.get(operation, self.delay)
@@ -283,6 +290,7 @@ class FakeSddc:
         self.accept_json_refresh = accept_json_refresh
         self.accept_bare_refresh = accept_bare_refresh
         self.faults = Faults(self.revoke_all_refresh_tokens)
+        self.faults.revoke_access = self.revoke_access_tokens
         self.calls: list[CallRecord] = []
         self.issued_access_tokens: list[str] = []
         self.issued_refresh_ids: list[str] = []
@@ -315,6 +323,10 @@ class FakeSddc:
     def revoke_all_refresh_tokens(self) -> None:
         """Forget every refresh token, as if an administrator revoked them all."""
         self._refresh.clear()
+
+    def revoke_access_tokens(self) -> None:
+        """Refuse every access token issued so far (401 on ``GET /v1/domains``); new ones work."""
+        self._access_exp.clear()
 
     def app(self) -> web.Application:
         """The aiohttp application serving the token API and ``GET /v1/domains``."""
