@@ -18,7 +18,6 @@ SPEC §4 that tokend answered with.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -66,6 +65,8 @@ def socket_path(explicit: str | os.PathLike[str] | None = None) -> str:
 
 def fingerprint_of(access_token: str) -> str:
     """``sha256:<hex>`` of an access token, as tokend's token JSON gives it (SPEC §4)."""
+    import hashlib  # here: it loads OpenSSL, a few ms that `tokend token` does not need
+
     return "sha256:" + hashlib.sha256(access_token.encode()).hexdigest()
 
 
