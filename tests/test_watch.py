@@ -54,22 +54,27 @@ def start(watches: Watches, keeper: StubKeeper, n: int, wait: float = 60) -> lis
     return [asyncio.create_task(watches.watch(keeper, OLD, wait)) for _ in range(n)]  # type: ignore[arg-type]
 
 
-async def test_a_thousand_watches_share_one_news_future_and_one_timer() -> None:
+async def test_a_thousand_watches_share_one_news_callback_and_one_timer() -> None:
     loop = asyncio.get_running_loop()
     keeper, watches = StubKeeper(), Watches()
     timers_before = len(loop._scheduled)  # type: ignore[attr-defined]
     tasks = start(watches, keeper, 1000, wait=60)
     await asyncio.sleep(0.01)
     assert not any(t.done() for t in tasks)
+    assert watches.held() == 1000
     news = keeper._news
-    assert news is not None and keeper.news_handed_out == 1000
-    # All started within one slot or two: one shared timer each, not one per watch.
+    assert news is not None
+    assert len(news._callbacks) == 1  # type: ignore[attr-defined]  # one, not one per watch
+    # All started within a slot or two: one shared timer each, not one per watch.
     assert len(watches.deadlines) <= 2
     assert len(loop._scheduled) - timers_before <= 2  # type: ignore[attr-defined]
     keeper.token = Served(NEW)
+    started = time.perf_counter()
     keeper.announce()
     answers = await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert {a.fingerprint for a in answers} == {NEW}
+    assert time.perf_counter() - started < 0.5  # a few ms on a quiet machine
+    assert watches.held() == 0
 
 
 async def test_a_watch_that_hangs_up_cancels_nothing_shared() -> None:
@@ -79,6 +84,7 @@ async def test_a_watch_that_hangs_up_cancels_nothing_shared() -> None:
     gone.cancel()
     await asyncio.sleep(0.01)
     assert keeper._news is not None and not keeper._news.cancelled()
+    assert watches.held() == 1  # it left its sets at once
     keeper.token = Served(NEW)
     keeper.announce()
     assert (await asyncio.wait_for(stays, 5)).fingerprint == NEW
@@ -130,13 +136,16 @@ async def test_held_watches_end_with_an_error(change: str, status: int, code: st
             await asyncio.wait_for(watches.watch(keeper, OLD, 60), 1)  # type: ignore[arg-type]
 
 
-async def test_deadlines_in_one_slot_share_a_future() -> None:
+async def test_deadlines_in_one_slot_share_a_timer() -> None:
+    loop = asyncio.get_running_loop()
     deadlines = Deadlines(slot=0.05)
-    now = asyncio.get_running_loop().time()
-    base = (int(now / 0.05) + 10) * 0.05 + 0.001
-    assert deadlines.at(base) is deadlines.at(base + 0.02)
-    assert deadlines.at(base) is not deadlines.at(base + 0.06)
+    base = (int(loop.time() / 0.05) + 2) * 0.05 + 0.001
+    early, late, other = (loop.create_future() for _ in range(3))
+    assert deadlines.add(base, early) == deadlines.add(base + 0.02, late)
+    deadlines.add(base + 0.06, other)
     assert len(deadlines) == 2
+    assert await asyncio.wait_for(early, 1) is True and late.done() and not other.done()
+    assert await asyncio.wait_for(other, 1) is True
 
 
 @pytest.mark.parametrize("text", ["", "sha256:", "sha256:" + "A" * 64, "sha1:" + "a" * 64,

@@ -37,8 +37,11 @@ from tokend.client import (
 # request on a connection tokend is closing.
 KEEPALIVE = 5.0
 INVALIDATE_GRACE = 30.0
-# tokens(): each watch waits this fraction of ``wait`` at random less, so that consumers started
-# together do not all come back at the same instant; and how it backs off while tokend is away.
+# tokens(): a re-watch starts up to REWATCH_JITTER s late, at random, so that the watchers a new
+# token answered do not all ask again while tokend is still answering the others (a token that
+# comes meanwhile is answered at once); each watch waits up to WATCH_JITTER of ``wait`` less, so
+# that consumers started together do not time out together; and the back-off while tokend is away.
+REWATCH_JITTER = 0.25
 WATCH_JITTER = 0.1
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
@@ -102,7 +105,8 @@ class AsyncClient:
     async def tokens(self, wait: float = DEFAULT_WAIT) -> AsyncIterator[Token]:
         """The current token, then each new one as soon as tokend has it (SPEC §10.2).
 
-        Built on :meth:`watch`: re-watches on the kept-alive connection, each watch ``wait``
+        Built on :meth:`watch`: re-watches on the kept-alive connection after a random pause of up
+        to 0.25 s (jitter: a thousand consumers do not ask again all at once), each watch ``wait``
         seconds (at most 300) less up to 10 % at random. While tokend is away, has no token, or
         swaps the target's keeper on reload, it waits (``Retry-After``, else backing off from 0.5 s
         to 30 s) and carries on: a consumer's refresher outlives a restart of tokend. Raises
@@ -117,6 +121,7 @@ class AsyncClient:
                 if token is None:
                     new = await self.token()
                 else:
+                    await asyncio.sleep(REWATCH_JITTER * random.random())
                     new = await self.watch(token.fingerprint,
                                            wait * (1 - WATCH_JITTER * random.random()))
             except (Unreachable, TokenUnavailable) as exc:

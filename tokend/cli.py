@@ -31,6 +31,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 # tokend token --watch: how long each watch is held, and the back-off while tokend is away.
 WATCH_HOLD = 60.0
+REWATCH_JITTER = 0.25
 WATCH_RETRY_MAX = 30.0
 
 
@@ -245,6 +246,7 @@ def _watch_tokens(args: argparse.Namespace) -> int:
     delay = 0.5
     waiting = False
     while True:
+        time.sleep(REWATCH_JITTER * random.random())  # as AsyncClient.tokens() does
         try:
             token = client.watch(last, WATCH_HOLD)
         except (Unreachable, TokenUnavailable, TargetNotFound) as exc:

@@ -2,17 +2,17 @@
 
 A watch asks "answer when the token is no longer ``after``, or after ``wait`` seconds". What a
 held watch costs is bounded and small: its connection, aiohttp's handler task for it (which exists
-for every request anyway), and one future of :func:`asyncio.wait`. It waits on two *shared* futures:
+for every request anyway), and one future of its own, kept in two sets:
 
-- the keeper's :meth:`~tokend.keeper.Keeper.news`, one per keeper, resolved at its next publish,
-  withdraw or retire;
-- a deadline of :class:`Deadlines`, one per slot of :data:`SLOT` seconds, resolved by one timer
-  for every watch whose deadline falls in that slot;
+- the set of its keeper, woken by one callback on the keeper's :meth:`~tokend.keeper.Keeper.news`
+  (one shared future per keeper, resolved at its next publish, withdraw or retire);
+- the set of its deadline's slot (:class:`Deadlines`: one timer per :data:`SLOT` seconds for
+  every watch whose deadline falls in it).
 
-plus the one future that is resolved when tokend stops (:attr:`Watches.closing`). No task, timer or
-upstream call per watch: a thousand watches cost a thousand small futures, and a new token wakes
-them all through one ``set_result``. ``asyncio.wait`` never cancels what it waits on, so a consumer
-hanging up cancels only its own future.
+No task, timer or upstream call per watch, and no per-watch callback on a shared future (removing
+one from a future that a thousand others wait on costs a scan of them all): a new token wakes a
+thousand watches with one callback and a thousand ``set_result``. A consumer hanging up cancels
+only its own future, which then leaves both sets in O(1).
 
 What a woken watch answers is decided from what the keeper holds then, never from why it woke.
 """
@@ -33,54 +33,66 @@ DEFAULT_WAIT = 60.0
 RETRY_AFTER_STOPPING = 1.0
 FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
+#: A held watch's own future: its result says whether its deadline woke it (True) or news did.
+Waiter = asyncio.Future[bool]
+
+
+def _wake(waiters: set[Waiter], deadline: bool) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(deadline)
+
 
 class Deadlines:
-    """Shared alarms: one future and one timer per :data:`SLOT`, however many wait on it."""
+    """Shared alarms: one timer per :data:`SLOT` that wakes every waiter whose deadline is in it."""
 
     def __init__(self, slot: float = SLOT) -> None:
         self._slot = slot
-        self._due: dict[int, asyncio.Future[None]] = {}
+        self._due: dict[int, set[Waiter]] = {}
 
-    def at(self, when: float) -> asyncio.Future[None]:
-        """A future resolved at ``when`` (the loop's clock), rounded up to the slot; never cancel it."""
+    def add(self, when: float, waiter: Waiter) -> int:
+        """Wake ``waiter`` at ``when`` (the loop's clock), rounded up to the slot; returns the slot."""
         slot = math.ceil(when / self._slot)
-        future = self._due.get(slot)
-        if future is None:
+        waiters = self._due.get(slot)
+        if waiters is None:
+            waiters = self._due[slot] = set()
             loop = asyncio.get_running_loop()
-            future = self._due[slot] = loop.create_future()
             loop.call_at(slot * self._slot, self._ring, slot)
-        return future
+        waiters.add(waiter)
+        return slot
+
+    def discard(self, slot: int, waiter: Waiter) -> None:
+        """Forget ``waiter`` (it was answered otherwise, or hung up)."""
+        waiters = self._due.get(slot)
+        if waiters is not None:
+            waiters.discard(waiter)
 
     def _ring(self, slot: int) -> None:
-        future = self._due.pop(slot)
-        if not future.done():
-            future.set_result(None)
+        _wake(self._due.pop(slot, set()), True)
 
     def __len__(self) -> int:
         return len(self._due)
 
 
 class Watches:
-    """The held watches of one socket app: their shared deadlines, and the end of them at shutdown."""
+    """The held watches of one socket app: who waits on which keeper, their shared deadlines, and
+    the end of them all at shutdown."""
 
     def __init__(self) -> None:
         self.deadlines = Deadlines()
-        self._closing: asyncio.Future[None] | None = None
         self.closed = False
-
-    def closing(self) -> asyncio.Future[None]:
-        """A future resolved when tokend stops; never cancel it."""
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_future()
-            if self.closed:
-                self._closing.set_result(None)
-        return self._closing
+        self._by_keeper: dict[Keeper, set[Waiter]] = {}
+        self._hooked: dict[Keeper, asyncio.Future[None]] = {}  # the news future we listen to
 
     def close(self) -> None:
         """tokend is stopping: every held watch is answered now (503), and new ones at once."""
         self.closed = True
-        if self._closing is not None and not self._closing.done():
-            self._closing.set_result(None)
+        for waiters in list(self._by_keeper.values()):
+            _wake(waiters, False)
+
+    def held(self) -> int:
+        """How many watches are held now."""
+        return sum(len(waiters) for waiters in self._by_keeper.values())
 
     async def watch(self, keeper: Keeper, after: str, wait: float) -> ServedToken:
         """The keeper's token once it is not ``after``, or after ``wait`` s: SPEC §10.1.
@@ -91,7 +103,7 @@ class Watches:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        timer: asyncio.Future[None] | None = None
+        timed_out = False
         while True:
             if self.closed:
                 raise ServeError(503, "TOKEN_UNAVAILABLE", "tokend is stopping",
@@ -104,13 +116,39 @@ class Watches:
             served = keeper.current(now)
             if served is None:
                 raise keeper.unavailable(now)
-            if served.fingerprint != after or loop.time() >= deadline or (
-                    timer is not None and timer.done()):
+            if served.fingerprint != after or timed_out or loop.time() >= deadline:
                 return served
-            if timer is None:
-                timer = self.deadlines.at(deadline)
-            await asyncio.wait((keeper.news(), timer, self.closing()),
-                               return_when=asyncio.FIRST_COMPLETED)
+            waiter: Waiter = loop.create_future()
+            waiters = self._listen(keeper)
+            waiters.add(waiter)
+            slot = self.deadlines.add(deadline, waiter)
+            try:
+                timed_out = await waiter
+            finally:
+                waiters.discard(waiter)
+                self.deadlines.discard(slot, waiter)
+
+    def _listen(self, keeper: Keeper) -> set[Waiter]:
+        """The waiters of ``keeper``, with one callback on its current news future."""
+        news = keeper.news()
+        waiters = self._by_keeper.get(keeper)
+        if waiters is None:
+            waiters = self._by_keeper[keeper] = set()
+        if self._hooked.get(keeper) is not news:
+            self._hooked[keeper] = news
+            news.add_done_callback(lambda done: self._news(keeper, done))
+        return waiters
+
+    def _news(self, keeper: Keeper, news: asyncio.Future[None]) -> None:
+        """``keeper`` published, withdrew or retired: wake its watches; they look for themselves.
+
+        A watch that began between the news and this callback is woken too, and simply waits again.
+        """
+        if self._hooked.get(keeper) is news:
+            del self._hooked[keeper]
+        waiters = self._by_keeper.pop(keeper, None)
+        if waiters:
+            _wake(waiters, False)
 
 
 def parse_after(text: str) -> str:
