@@ -258,7 +258,10 @@ class PeerGate:
         self.hub = hub
         self._last_logged: dict[int, float] = {}
         self._last_limit_logged: dict[int, float] = {}
-        self._open: dict[int, list[asyncio.BaseTransport]] = {}
+        # Open connections by uid: added at accept, removed when aiohttp's handler loses them, so
+        # counting costs O(1) however many are open (a thousand held watches, say).
+        self._open: dict[int, set[asyncio.BaseTransport]] = {}
+        self._total = 0
 
     def admit(self, peer: Peer) -> bool:
         """Whether ``peer`` may talk to the API (the allow-lists as currently loaded)."""
@@ -278,10 +281,8 @@ class PeerGate:
 
     def take_slot(self, peer: Peer, transport: asyncio.BaseTransport) -> tuple[str, str] | None:
         """Count ``transport`` against its uid and the total, or say (message, remediation) why not."""
-        open_now = {uid: [t for t in ts if not t.is_closing()] for uid, ts in self._open.items()}
-        self._open = {uid: ts for uid, ts in open_now.items() if ts}
-        mine = self._open.get(peer.uid, [])
-        total = sum(len(ts) for ts in self._open.values())
+        mine = self._open.get(peer.uid, set())
+        total = self._total
         server = self.hub.config.server  # the limits as currently loaded
         if len(mine) >= server.max_connections_per_uid:
             why = (f"uid {peer.uid} already has {len(mine)} connections open to tokend, the most"
@@ -289,7 +290,8 @@ class PeerGate:
         elif total >= server.max_connections:
             why = f"tokend already has {total} connections open, the most it accepts"
         else:
-            self._open[peer.uid] = [*mine, transport]
+            self._open.setdefault(peer.uid, mine).add(transport)
+            self._total += 1
             return None
         self.hub.metrics.requests.counts["unavailable"] += 1
         now = time.monotonic()
@@ -301,13 +303,30 @@ class PeerGate:
         return why, "Reuse one connection, or close idle ones; retry after Retry-After"
 
 
+    def release(self, uid: int, transport: asyncio.BaseTransport) -> None:
+        """``transport`` of ``uid`` is closed: its slot is free."""
+        mine = self._open.get(uid)
+        if mine is not None and transport in mine:
+            mine.remove(transport)
+            self._total -= 1
+            if not mine:
+                del self._open[uid]
+
+
 class _Handler(RequestHandler):
     """aiohttp's connection handler, answering what its parser refuses in the Error shape too."""
 
-    def __init__(self, server: web.Server, hub: Hub) -> None:
+    def __init__(self, server: web.Server, hub: Hub,
+                 released: Callable[[], None] = lambda: None) -> None:
         kwargs: dict[str, Any] = server._kwargs
         super().__init__(server, loop=asyncio.get_running_loop(), **kwargs)
         self._hub = hub
+        self._released = released
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Free the connection's slot, then let aiohttp clean up."""
+        self._released()
+        super().connection_lost(exc)
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
@@ -364,7 +383,8 @@ class _GateProtocol(asyncio.Protocol):
                                            error_body("TOO_MANY_CONNECTIONS", *refused)))
             transport.close()
             return
-        handler = _Handler(self._server, self._gate.hub)
+        gate, uid = self._gate, peer.uid
+        handler = _Handler(self._server, gate.hub, lambda: gate.release(uid, transport))
         transport.set_protocol(handler)
         handler.connection_made(transport)
 
