@@ -45,6 +45,7 @@ REWATCH_JITTER = 0.25
 WATCH_JITTER = 0.1
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
+GONE_TRIES = 6  # about 60 s of 404s before tokens() believes the target is gone
 
 
 class AsyncClient:
@@ -130,10 +131,12 @@ class AsyncClient:
                 delay = min(delay * 2, RETRY_MAX)
                 continue
             except TargetNotFound:
+                # A reload replacing the target answers 404 until the old keeper has stopped
+                # (revoking, with revoke_on_exit, takes up to its request_timeout): be patient.
                 gone += 1
-                if gone > 3:  # not a reload swapping the keeper: the target is gone
+                if gone > GONE_TRIES:  # not a reload swapping the keeper: the target is gone
                     raise
-                await asyncio.sleep(RETRY_FIRST * gone)
+                await asyncio.sleep(min(RETRY_FIRST * 2 ** gone, RETRY_MAX))
                 token = None
                 continue
             delay, gone = RETRY_FIRST, 0

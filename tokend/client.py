@@ -42,18 +42,28 @@ __all__ = [
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_WAIT = 60.0
 MAX_ANSWER = 1 << 20
-_LAZY = {"AsyncClient": "tokend._aclient", "TokendAuth": "tokend._requests_auth",
-         "TokendHttpxAuth": "tokend._httpx_auth"}
+# name -> (its module, the library it imports, the extra that installs that library)
+_LAZY = {"AsyncClient": ("tokend._aclient", "aiohttp", ""),
+         "TokendAuth": ("tokend._requests_auth", "requests", "requests"),
+         "TokendHttpxAuth": ("tokend._httpx_auth", "httpx", "httpx")}
 
 
 def __getattr__(name: str) -> Any:
     """``AsyncClient``, ``TokendAuth``, ``TokendHttpxAuth``: imported when first asked for."""
-    module = _LAZY.get(name)
-    if module is None:
+    lazy = _LAZY.get(name)
+    if lazy is None:
         raise AttributeError(f"module 'tokend.client' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    module, library, extra = lazy
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name != library:
+            raise
+        install = f"'tokend[{extra}]'" if extra else library
+        raise ModuleNotFoundError(f"tokend.client.{name} needs {library}: pip install {install}",
+                                  name=library) from None
     globals()[name] = value
     return value
 

@@ -264,3 +264,12 @@ def test_each_hook_imports_only_its_library() -> None:
         modules = set(json.loads(out))
         assert library in modules, name
         assert not modules & others, (name, modules & others)
+
+
+def test_a_missing_library_names_the_extra_that_installs_it() -> None:
+    probe = ("import sys; sys.modules['requests'] = None\n"
+             "try:\n    from tokend.client import TokendAuth\n"
+             "except ModuleNotFoundError as exc:\n    print(exc)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    assert out.strip() == "tokend.client.TokendAuth needs requests: pip install 'tokend[requests]'"
