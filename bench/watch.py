@@ -47,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tokend._aclient import REWATCH_JITTER
-from tokend.fake_sddc import FakeSddc, start_fake
+from tokend.testing.fake_sddc import FakeSddc, start_fake
 
 USER, PASSWORD = "administrator@vsphere.local", "Bench-Passw0rd!"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

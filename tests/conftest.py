@@ -1,4 +1,5 @@
-"""Shared fixtures: a trustme CA, the fake SDDC Manager over HTTPS, a tokend process."""
+"""Shared fixtures, built on :mod:`tests.support`: a work directory, a trustme CA, the fake SDDC
+Manager over HTTPS, and ``tokend run`` processes with a leak check at teardown."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ from typing import Any
 
 import pytest
 
-from tests.harness import PASSWORD, TLS, USER, Tokend, Upstream, start_upstream, write_config
-from tokend.fake_sddc import FakeSddc
+from tests.support import (
+    PASSWORD,
+    TLS,
+    USER,
+    Tokend,
+    Upstream,
+    assert_no_secrets,
+    configured_tokend,
+    start_upstream,
+)
+from tokend.testing.fake_sddc import FakeSddc
 
 
 @pytest.fixture
@@ -29,20 +39,9 @@ def fakes() -> list[FakeSddc]:
     return []
 
 
-def assert_no_secrets(text: str, fakes: list[FakeSddc], where: str) -> None:
-    """No password, access token or refresh id any fake issued or accepted appears in ``text``."""
-    secrets = {PASSWORD}
-    for fake in fakes:
-        secrets.update(fake.users.values())
-        secrets.update(fake.api_keys)
-        secrets.update(fake.issued_access_tokens)
-        secrets.update(fake.issued_refresh_ids)
-    leaked = [s[:12] + "..." for s in secrets if s and s in text]
-    assert not leaked, f"secrets leaked into {where}: {leaked}"
-
-
 @pytest.fixture
 async def make_upstream(tls: TLS, fakes: list[FakeSddc]) -> AsyncIterator[Callable[..., Any]]:
+    """Start a fake SDDC Manager over HTTPS (``FakeSddc`` keywords; the test user, 6 s tokens)."""
     started: list[Upstream] = []
 
     async def make(**kwargs: Any) -> Upstream:
@@ -66,13 +65,19 @@ async def upstream(make_upstream: Callable[..., Any]) -> Upstream:
 
 @pytest.fixture
 async def make_tokend(workdir: Path, fakes: list[FakeSddc]) -> AsyncIterator[Callable[..., Any]]:
+    """Start ``tokend run`` on ``workdir/config.toml``; stop it and check its output for secrets
+    at teardown."""
     started: list[Tokend] = []
 
     async def make(url: str, ca_pem: Path | None, *, wait: str | None = "ready",
                    env: dict[str, str] | None = None, **config: Any) -> Tokend:
-        """Start tokend; ``wait`` is "ready" (a token held), "listening", or None."""
-        path = write_config(workdir, url, ca_pem, **config)
-        daemon = Tokend(workdir, path, workdir / "tokend.sock")
+        """Start a daemon from ``configured_tokend(workdir, url, ca_pem, **config)`` (overrides of
+        ``server``, ``metrics``, ``log``, ``target``, ``extra_targets``; ``password``; a command
+        ``prefix`` and the ``socket`` it makes) with ``env`` added to the environment.
+
+        ``wait`` is "ready" (every target holds a token), "listening" or None.
+        """
+        daemon = configured_tokend(workdir, url, ca_pem, **config)
         daemon.start(env)
         started.append(daemon)
         if wait == "ready":

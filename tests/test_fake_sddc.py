@@ -24,14 +24,9 @@ from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 from openapi_schema_validator import OAS30Validator
 
-from tokend.fake_sddc import (
-    CallRecord,
-    FakeSddc,
-    ensure_tls_dir,
-    parse_listen,
-    serve_forever,
-    start_fake,
-)
+from tokend.testing.cli import parse_listen, serve_forever
+from tokend.testing.fake_sddc import CallRecord, FakeSddc, start_fake
+from tokend.testing.tls import ensure_tls_dir
 
 # A verbatim copy of the vendor's public OpenAPI extract (SDDC Manager 9.0.2: the token paths,
 # GET /v1/domains and their schemas), kept with the tests so they run from any checkout.

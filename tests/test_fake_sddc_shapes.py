@@ -12,7 +12,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.test_fake_sddc import CREDENTIALS, ClientFactory, claims, login, refresh
-from tokend.fake_sddc import YEAR_10000, FakeSddc, MalformedKind
+from tokend.testing.claims import YEAR_10000
+from tokend.testing.fake_sddc import FakeSddc
+from tokend.testing.faults import MalformedKind
 
 Client = TestClient[web.Request, web.Application]
 

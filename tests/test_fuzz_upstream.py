@@ -797,3 +797,48 @@ def test_odd_retry_after_is_ignored(value: str) -> None:
     outcome = call([Reply(503, Body(b"{}"), retry_after=Header(value))], "Pw#x", "login")
     assert isinstance(outcome.error, TransientError)
     assert outcome.error.retry_after is None or outcome.error.retry_after >= 0
+
+
+async def serve(handler: Any) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_a_rejected_login_with_a_body_over_the_limit_is_still_a_rejection() -> None:
+    body = json.dumps({"errorCode": "INVALID_CREDENTIALS", "message": "x" * (MAX_BODY + 100)})
+
+    async def huge(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=401, text=body, content_type="application/json")
+
+    runner, url = await serve(huge)
+    client = UpstreamClient(target(url, "Pw#x"))
+    try:
+        with pytest.raises(CredentialsRejected):
+            await client.login("u", Secret("Pw#x"))
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_a_rejected_login_whose_body_never_ends_is_still_a_rejection() -> None:
+    async def slow_body(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=401, headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b'{"errorCode": "INVALID_CREDENTIALS", ')
+        await asyncio.sleep(5)
+        return response
+
+    runner, url = await serve(slow_body)
+    client = UpstreamClient(target(url, "Pw#x", 0.6))
+    try:
+        with pytest.raises(CredentialsRejected):
+            await client.login("u", Secret("Pw#x"))
+    finally:
+        await client.close()
+        await runner.cleanup()

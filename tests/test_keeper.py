@@ -29,6 +29,7 @@ from tokend.errors import (
 )
 from tokend.jwtinfo import decode_claims
 from tokend.keeper import Keeper, ServeError
+from tokend.ledger import Ledger
 from tokend.metrics import Metrics
 from tokend.secrets import Secret, SecretSource
 from tokend.upstream import Issued
@@ -178,14 +179,14 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
     keepers: list[Keeper] = []
 
     async def make(lifetime: float = 100.0, before_start: Callable[[FakeSource], None] | None = None,
-                   **settings: Any) -> Rig:
+                   ledger: Ledger | None = None, **settings: Any) -> Rig:
         clock = VirtualClock()
         source = FakeSource(clock, lifetime)
         if before_start is not None:
             before_start(source)
         metrics = Metrics()
         keeper = Keeper(target(**settings), metrics.target("t1"), rand=half, client=source,
-                        clock=clock)
+                        clock=clock, ledger=ledger)
         keepers.append(keeper)
         keeper.start()
         await settle()
@@ -509,3 +510,127 @@ async def test_reload_keeps_the_token_and_applies_new_settings(
     assert rig.source.ops() == ["login", "refresh"]
     await rig.clock.advance(99.0 * 0.5)  # the next one is scheduled by the new setting
     assert rig.source.ops() == ["login", "refresh", "refresh"]
+
+
+async def test_a_token_expiring_while_a_call_hangs_is_withdrawn_at_once(
+    rig_factory: Callable[..., Any], tmp_path: Path,
+) -> None:
+    sink = FileSink(path=tmp_path / "t1.token")
+    rig = await rig_factory(lifetime=100.0, file_sink=sink, request_timeout=60.0)
+    gate = asyncio.Event()
+
+    async def hanging(refresh_id: str) -> Issued:
+        rig.source.calls.append(CallRecord("refresh", rig.clock.now, refresh_id))
+        await gate.wait()
+        raise TransientError("down", status=503)
+
+    rig.source.refresh = hanging  # type: ignore[method-assign]
+    await rig.clock.advance(69.5)  # the refresh goes out and hangs
+    assert rig.source.ops() == ["login", "refresh"] and sink.path.exists()
+
+    await rig.clock.advance(30.0)  # past expiry, the call still out
+
+    assert not rig.valid()
+    assert not sink.path.exists()
+    assert rig.metric("tokend_token_valid") == 0
+    assert rig.keeper.state == "expired"
+    gate.set()
+
+
+async def test_a_secret_source_that_turns_unreadable_is_reported_once(
+    rig_factory: Callable[..., Any], tmp_path: Path,
+) -> None:
+    secret_file = tmp_path / "pw"
+    secret_file.write_bytes(b"pw-1\n")
+    secret_file.chmod(0o600)
+    source = SecretSource(kind="file", ref=str(secret_file), key="targets[0].password_file")
+    rig = await rig_factory(lifetime=1000.0, password=source)
+    assert rig.source.calls[0].argument == "pw-1"
+
+    secret_file.write_bytes(b"\xe4pw\n")  # Latin-1, not UTF-8
+    with capture_logs() as logs:
+        await rig.clock.advance(95.0)  # three periodic checks
+
+    unavailable = [e for e in logs if e["event"] == "secret.unavailable"]
+    assert len(unavailable) == 1 and unavailable[0]["key"] == "targets[0].password_file"
+    last_error = rig.keeper.status(rig.clock.now, rig.clock.time())["lastError"]
+    assert last_error["errorCode"] == "SECRET_UNAVAILABLE"
+    assert rig.keeper.state == "valid"  # the token in hand is still good
+
+
+async def test_after_a_crash_the_status_names_the_internal_error(
+    rig_factory: Callable[..., Any],
+) -> None:
+    def broken(source: FakeSource) -> None:
+        def crash() -> Issued:
+            raise ZeroDivisionError("a bug")
+        source.script("login", *(crash for _ in range(3)))
+
+    rig = await rig_factory(lifetime=100.0, before_start=broken)
+    await rig.clock.advance(0.5)
+
+    status = rig.keeper.status(rig.clock.now, rig.clock.time())
+    assert status["state"] == "expired"
+    assert status["lastError"]["errorCode"] == "INTERNAL_ERROR"
+    assert "ZeroDivisionError" in status["lastError"]["message"]
+
+
+# -- the lockout guard across restarts (SPEC §8.9) --------------------------------------------------
+
+START_WALL = 1000.0 + WALL_OFFSET  # the virtual wall clock when a rig starts
+
+
+def ledger_with(rejections: int, age: float) -> Ledger:
+    ledger = Ledger(b"k" * 32)
+    ledger.rejected("t1", ledger.secret_id(Secret("pw-1")), rejections, START_WALL - age)
+    return ledger
+
+
+async def test_rejections_recorded_before_a_restart_stop_logins_at_start(
+    rig_factory: Callable[..., Any],
+) -> None:
+    with capture_logs() as logs:
+        rig = await rig_factory(ledger=ledger_with(3, age=100.0), max_login_failures=3)
+        await rig.clock.advance(600.0)
+
+    assert rig.source.ops() == []
+    assert rig.keeper.state == "credentials_rejected"
+    restored = [e for e in logs if e["event"] == "lockout.restored"]
+    assert restored and restored[0]["log_level"] == "warning" and restored[0]["rejections"] == 3
+    lockout = rig.keeper.status(rig.clock.now, rig.clock.time())["lockout"]
+    assert lockout["rejections"] == 3 and lockout["expiresAt"].endswith("Z")
+
+
+async def test_login_spacing_is_honoured_across_a_restart(rig_factory: Callable[..., Any]) -> None:
+    rig = await rig_factory(ledger=ledger_with(1, age=10.0), login_retry_interval=60.0)
+    await rig.clock.advance(60.0)
+
+    assert [c.at for c in rig.source.calls] == [pytest.approx(1000.0 + 50.0)]
+
+
+async def test_a_record_older_than_fifteen_minutes_lets_logins_resume(
+    rig_factory: Callable[..., Any],
+) -> None:
+    rig = await rig_factory(ledger=ledger_with(3, age=901.0), max_login_failures=3)
+
+    assert rig.source.ops() == ["login"]
+    assert rig.keeper.state == "valid"
+
+
+async def test_a_rejection_is_recorded_and_a_successful_login_clears_it(
+    rig_factory: Callable[..., Any],
+) -> None:
+    ledger = Ledger(b"k" * 32)
+
+    def reject_once(source: FakeSource) -> None:
+        source.script("login", CredentialsRejected("bad", status=401))
+
+    rig = await rig_factory(ledger=ledger, before_start=reject_once, login_retry_interval=5.0)
+    record = ledger.record("t1")
+    assert record is not None and record.rejections == 1
+    assert record.secret_id == ledger.secret_id(Secret("pw-1"))
+
+    await rig.clock.advance(6.0)
+
+    assert rig.source.ops() == ["login", "login"] and rig.keeper.state == "valid"
+    assert ledger.record("t1") is None

@@ -34,6 +34,7 @@ from tokend.schedule import (
     STATES,
     TRANSIENT_REFRESHES_BEFORE_LOGIN,
     Action,
+    Call,
     HeldToken,
     Log,
     RefreshPolicy,
@@ -363,7 +364,7 @@ def test_seeded_jitter_spreads_refreshes_on_both_sides_of_refresh_at() -> None:
 @given(
     r=UNIT,
     refresh_at=st.floats(0.05, 0.95),
-    jitter_share=st.floats(0, 1, exclude_max=True),
+    jitter_share=st.floats(0, 0.99),  # refresh_at + jitter reaching 1 is refused by the config
     obtained=st.floats(0, 1e6),
     lifetime=st.floats(1, 1e6),
 )
@@ -1156,3 +1157,43 @@ def test_a_target_passes_every_policy_setting_to_the_machine() -> None:
                 "login_retry_interval": 90.0}
     assert {f.name for f in fields(PolicyConfig)} == set(settings)
     assert a_target(**settings).policy() == PolicyConfig(**settings)
+
+
+def test_the_verdict_drops_a_refresh_brought_forward_by_min_ttl() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    now = refuse_brand_new_tokens(p, 2, start=0.0)
+    token = p.valid_token(now)
+    assert token is not None
+    assert p.consumer_refresh(now + 0.5) is not None  # min_ttl right after the new token
+    assert p.next_action(now + 0.5).at < token.obtained_at + 100
+
+    assert p.consumer_refresh(now + 1.0, token.fingerprint, refused=True) is None
+
+    assert p.rejected_by_consumers
+    assert p.next_action(now + 1.0).at == pytest.approx(token.obtained_at + token.lifetime * 0.7)
+
+
+def test_a_crash_is_a_failure_on_record_and_counts_as_a_transient_refresh_failure() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    for _ in range(3):  # a secret check may come first
+        if any(isinstance(e, Call) for e in p.poll(2520.0)):
+            break
+    assert p.in_flight == "refresh"
+
+    p.on_crash(2520.0, transient())
+
+    assert p.attempted and p.last_failure is not None and p.failures == 1
+    assert p.transient_refresh_failures == 1
+    assert p.state(2520.0) == "degraded"
+
+
+def test_a_replacement_keeps_its_predecessors_login_spacing() -> None:
+    old = policy(login_retry_interval=60.0)
+    old.observe_secret("digest-a")
+    old.on_failure(100.0, "login", rejected())
+    new = policy(login_retry_interval=60.0)
+    new.observe_secret("digest-b")
+
+    new.inherit(old)
+
+    assert new.next_action(101.0) == Action("login", 160.0)

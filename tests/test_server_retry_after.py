@@ -119,7 +119,7 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
 
 async def test_the_503_at_accept_for_connection_limits_has_retry_after(
         gated_socket: Path, hub: FailingHub) -> None:
-    hub.config = SimpleNamespace(server=ServerConfig(max_connections_per_uid=1), default_target="t1")
+    hub.config.server = ServerConfig(max_connections_per_uid=1)
     _, first = await asyncio.open_unix_connection(str(gated_socket))  # holds the uid's one slot
     try:
         reader, writer = await asyncio.open_unix_connection(str(gated_socket))

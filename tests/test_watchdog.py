@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 import tokend.keeper
-from tests.harness import PASSWORD, USER, eventually, write_config
+from tests.support import PASSWORD, USER, eventually, write_config
 from tokend.config import load_config
 from tokend.daemon import Daemon
-from tokend.fake_sddc import FakeSddc, start_fake
 from tokend.systemd import Notifier
+from tokend.testing.fake_sddc import FakeSddc, start_fake
 from tokend.upstream import UpstreamClient
 
 

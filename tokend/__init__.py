@@ -4,3 +4,4 @@ __version__ = "0.1.0"
 
 DEFAULT_CONFIG_PATH = "/etc/tokend/config.toml"
 DEFAULT_SOCKET = "/run/tokend/tokend.sock"
+DEFAULT_STATE_DIR = "/var/lib/tokend"

@@ -33,6 +33,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by 
 WATCH_HOLD = 60.0
 REWATCH_JITTER = 0.25
 WATCH_RETRY_MAX = 30.0
+# What `tokend demo` and `tokend fake-sddc` import from the `fake` extra (pyproject.toml).
+FAKE_EXTRA_MODULES = ("cryptography", "jwt")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -170,6 +172,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``tokend demo``: the daemon against the embedded fake, in a temp dir."""
     import asyncio
 
+    if (missing := _missing_fake_extra("demo")) is not None:
+        return missing
     from tokend.demo import run_demo
     from tokend.harden import harden_process
 
@@ -326,20 +330,14 @@ def cmd_fake_sddc(args: argparse.Namespace) -> int:
     """``tokend fake-sddc``: the fake SDDC Manager alone."""
     import asyncio
 
-    from tokend.fake_sddc import serve_forever
+    if (missing := _missing_fake_extra("fake-sddc")) is not None:
+        return missing
+    from tokend.testing.cli import read_users, serve_forever
 
-    users: dict[str, str] = {}
-    items = list(args.user)
-    if args.users_file is not None:
-        try:
-            items += [line for line in args.users_file.read_text().splitlines() if line.strip()]
-        except OSError as exc:
-            return _fail(f"--users-file {args.users_file}: {exc.strerror}", EXIT_USAGE)
-    for item in items:
-        name, sep, password = item.partition(":")
-        if not sep or not name or not password:
-            return _fail(f"--user {name or item!r}: expected USER:PASSWORD", EXIT_USAGE)
-        users[name] = password
+    try:
+        users = read_users(args.user, args.users_file)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     try:
         asyncio.run(serve_forever(args.listen, args.access_ttl, args.refresh_ttl, users or None,
                                   args.api_key, args.tls_dir))
@@ -348,3 +346,17 @@ def cmd_fake_sddc(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot serve on {args.listen}: {exc.strerror or exc}", EXIT_FAIL)
     return EXIT_OK
+
+
+def _missing_fake_extra(command: str) -> int | None:
+    """Exit status 2 and one line naming the fix when the ``fake`` extra is not installed, else None.
+
+    Checked before anything is imported, so the answer is the same whichever module would fail.
+    """
+    from importlib.util import find_spec
+
+    missing = [name for name in FAKE_EXTRA_MODULES if find_spec(name) is None]
+    if not missing:
+        return None
+    return _fail(f"{command} needs the fake SDDC Manager's packages ({', '.join(missing)} missing):"
+                 " pip install 'tokend[fake]'", EXIT_USAGE)

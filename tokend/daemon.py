@@ -1,14 +1,16 @@
 """Wires tokend together: start, signals, reload, shutdown.
 
-Start order: lock and bind the socket first (a second tokend must fail before it touches the
-upstream), then the keepers, then the listeners; READY=1 once every keeper has a token or has
-finished its first attempt. Shutdown runs in reverse: stop accepting and let in-flight requests
-finish while a reload under way completes, stop the keepers (revoking if configured), remove the
-socket, release the lock.
+Start order: lock and bind the sockets first, the API socket's and every proxy's (a second tokend
+must fail before it touches the upstream), then the keepers, then the listeners, the proxies last
+(they forward with the keepers' tokens); READY=1 once every keeper has a token or has finished its
+first attempt. Shutdown runs in reverse: stop accepting and let in-flight requests finish while a
+reload under way completes, stop the proxies (their requests in flight get the same grace), stop
+the keepers (revoking if configured), remove the socket, release the lock.
 
 Reloads (SPEC §8.7) run one at a time in one task the daemon owns; SIGHUP only asks for one. A
-reload is prepare (load and check everything, build the new keepers without starting them), commit
-(retire the keepers that go, then start their successors) and log. Two rules keep every keeper
+reload is prepare (load and check everything, build the new keepers without starting them, bind
+the new proxies' sockets), commit (stop the proxies that go, retire the keepers that go, then
+start their successors, then the new proxies) and log. Two rules keep every keeper
 accounted for, whenever a reload is interrupted: a keeper is started only in the same step that puts
 it into ``keepers``, and one leaves ``keepers`` only once it has stopped. So shutdown, which first
 ends the reload task and then stops a snapshot of ``keepers``, stops every keeper that ever ran.
@@ -29,15 +31,27 @@ from aiohttp import web
 
 from tokend import __version__
 from tokend.config import Config, TargetConfig, load_config
+from tokend.config.model import ProxyConfig
 from tokend.errors import ConfigError
 from tokend.filesink import TokenFile
+from tokend.harden import raise_open_files_limit
 from tokend.keeper import Keeper
-from tokend.listen import SocketLock, activated_socket, bind_unix
+from tokend.ledger import Ledger
+from tokend.listen import SocketLock, activated_sockets, bind_unix
 from tokend.logs import configure, get_logger
 from tokend.metrics import Metrics, TargetMetrics
+from tokend.proxy.app import Proxy, descriptors_needed
+from tokend.proxy.forward import Forwarder
 from tokend.schedule import State
 from tokend.secrets import read_secret
-from tokend.server import IDLE_TIMEOUT, GatedUnixSite, PeerGate, metrics_app, socket_app
+from tokend.server import (
+    IDLE_TIMEOUT,
+    ConnectionSlots,
+    GatedUnixSite,
+    PeerGate,
+    metrics_app,
+    socket_app,
+)
 from tokend.systemd import Notifier
 
 SHUTDOWN_GRACE = 5.0
@@ -56,6 +70,14 @@ class ReloadPlan:
     kept: list[TargetConfig] = field(default_factory=list)  # same connection: keep the token
     fresh: dict[str, Keeper] = field(default_factory=dict)  # built, not started
     removed: list[str] = field(default_factory=list)  # names no longer configured
+    # Proxies, by target name: kept ones (same socket) get their new settings, and a new
+    # forwarder when their target's connection or their pool settings changed; new ones have
+    # their socket bound already, unless a proxy that stops first holds its path (deferred).
+    proxies_kept: list[ProxyConfig] = field(default_factory=list)
+    proxies_forwarders: dict[str, Forwarder] = field(default_factory=dict)
+    proxies_new: dict[str, tuple[Proxy, Forwarder]] = field(default_factory=dict)
+    proxies_deferred: set[str] = field(default_factory=set)
+    proxies_stopped: list[str] = field(default_factory=list)  # removed, or moving to a new socket
 
 
 class Daemon:
@@ -65,6 +87,9 @@ class Daemon:
         self.config = config
         self.metrics = Metrics()
         self.keepers: dict[str, Keeper] = {}
+        self.proxies: dict[str, Proxy] = {}
+        self.slots = ConnectionSlots()  # every Unix listener's connections count together
+        self.ledger = Ledger.open(None, time.time())  # the one under state_dir once running
         self.notifier = notifier or Notifier()
         self._stop = asyncio.Event()
         self._socket_path: Path | None = None
@@ -77,6 +102,7 @@ class Daemon:
         self._reload_task: asyncio.Task[None] | None = None
         self._closing = False
         self._retiring: set[Keeper] = set()
+        self._activated: dict[str, socket.socket] = {}  # systemd's proxy sockets, by target
 
     # -- what the servers read ------------------------------------------------------------------
 
@@ -98,8 +124,12 @@ class Daemon:
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit status."""
+        self._fit_open_files(self.config)
         sock = self._open_socket()
         try:
+            # After the socket lock (a second tokend fails first), before any keeper logs in.
+            self.ledger = Ledger.open(self.config.server.state_dir, time.time())
+            self._open_proxies()
             await self._serve(sock)
         finally:
             await self._shutdown()
@@ -109,9 +139,24 @@ class Daemon:
         """Ask the daemon to shut down (as SIGTERM does)."""
         self._stop.set()
 
+    @property
+    def backlog(self) -> int:
+        """The listen backlog of every Unix socket: the connection limit (the kernel caps it)."""
+        return self.config.server.max_connections
+
+    def _fit_open_files(self, config: Config) -> None:
+        """Raise RLIMIT_NOFILE to fit the connection limits and the proxies' pools, or say so."""
+        wanted = descriptors_needed(config.server.max_connections, list(config.proxies),
+                                    len(config.targets))
+        soft, hard = raise_open_files_limit(wanted)
+        if soft < wanted:
+            log.warning("daemon.open_files_limit", wanted=wanted, soft=soft, hard=hard,
+                        remediation="raise LimitNOFILE= in the unit (or ulimit -n), or lower"
+                                    " server.max_connections or max_upstream_connections")
+
     def _open_socket(self) -> socket.socket:
         server = self.config.server
-        activated = activated_socket()
+        activated = self._take_activated()
         if activated is not None:
             if server.socket_mode_set:
                 log.warning("config.ignored", key="server.socket_mode/socket_group",
@@ -121,12 +166,45 @@ class Daemon:
         self._lock = SocketLock(server.socket)
         self._lock.acquire()
         try:
-            sock = bind_unix(server.socket, server.socket_mode, server.socket_group)
+            sock = bind_unix(server.socket, server.socket_mode, server.socket_group, self.backlog)
         except BaseException:
             self._lock.release()
             raise
         self._socket_path = server.socket
         return sock
+
+    def _take_activated(self) -> socket.socket | None:
+        """systemd's sockets: each named after a proxy's target is that proxy's; the first other
+        one is the API socket; any more are closed, with a warning."""
+        proxies = {p.target for p in self.config.proxies}
+        api: socket.socket | None = None
+        for name, sock in activated_sockets():
+            if name in proxies and name not in self._activated:
+                self._activated[name] = sock
+            elif api is None:
+                api = sock
+            else:
+                log.warning("config.ignored", key="LISTEN_FDNAMES",
+                            reason=f"systemd passed a second socket not named after a proxy's"
+                                   f" target ({name or 'unnamed'}): closed")
+                sock.close()
+        return api
+
+    def _open_proxies(self) -> None:
+        """Take every proxy's socket before any keeper starts; the first that fails ends start-up."""
+        for proxy_config in self.config.proxies:
+            proxy = self._new_proxy(proxy_config)
+            self.proxies[proxy.name] = proxy  # stopped (socket removed, lock released) at shutdown
+            proxy.open(self._activated.pop(proxy.name, None), self.backlog)
+
+    def _new_proxy(self, proxy_config: ProxyConfig) -> Proxy:
+        return Proxy(proxy_config, self, self.slots, self.metrics.proxy(proxy_config.target))
+
+    async def _start_proxies(self) -> None:
+        for proxy in list(self.proxies.values()):
+            target = self.config.target(proxy.name)
+            assert target is not None  # the config refuses a proxy of an unknown target
+            await proxy.start(proxy.build_forwarder(target), self.backlog)
 
     async def _serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -136,12 +214,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for target in self.config.targets:
             self._warn_tls(target)
-            self._start(Keeper(target, self.metrics.target(target.name)))
+            self._start(Keeper(target, self.metrics.target(target.name), ledger=self.ledger))
         runner = web.AppRunner(socket_app(self), access_log=None, handle_signals=False,
                                shutdown_timeout=SHUTDOWN_GRACE, keepalive_timeout=IDLE_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
-        await GatedUnixSite(runner, sock, PeerGate(self)).start()
+        await GatedUnixSite(runner, sock, PeerGate(self, self.slots), self.backlog).start()
         metrics = self.config.metrics
         if metrics.host is not None:
             tcp = web.AppRunner(metrics_app(self), access_log=None, handle_signals=False,
@@ -154,9 +232,10 @@ class Daemon:
                 raise ConfigError("metrics.listen", f"cannot listen on {metrics.host}:"
                                   f"{metrics.port}: {exc.strerror}",
                                   'choose a free port, or "" to disable') from None
+        await self._start_proxies()
         log.info("daemon.started", version=__version__, socket=str(self.config.server.socket),
                  metrics=f"{metrics.host}:{metrics.port}" if metrics.host else None,
-                 targets=[t.name for t in self.config.targets])
+                 targets=[t.name for t in self.config.targets], proxies=list(self.proxies))
         self._tasks.append(asyncio.create_task(self._systemd(), name="systemd"))
         await self._stop.wait()
 
@@ -168,6 +247,11 @@ class Daemon:
         # The listeners close while a reload under way finishes: neither touches the other, and
         # the keepers are stopped only when no reload can change ``keepers`` any more.
         await asyncio.gather(self._close_listeners(), self._stop_reloads())
+        # After the reloads: a reload under way may have started a proxy. Before the keepers: a
+        # proxy's requests in flight still need their tokens.
+        await asyncio.gather(*(proxy.stop() for proxy in list(self.proxies.values())))
+        for sock in self._activated.values():
+            sock.close()
         for keeper in list(self.keepers.values()):
             await keeper.stop(revoke=keeper.target.revoke_on_exit)
         if self._socket_path is not None:
@@ -276,7 +360,7 @@ class Daemon:
         await self._commit(plan)
         self.metrics.config_reload_ok.set(1)
         log.info("config.reloaded", kept=[t.name for t in plan.kept], restarted=list(plan.fresh),
-                 removed=plan.removed)
+                 removed=plan.removed, proxies=list(self.proxies))
 
     def _prepare(self) -> ReloadPlan:
         """Load and check the config, read every secret, build (not start) the new keepers.
@@ -295,13 +379,55 @@ class Daemon:
                 plan.kept.append(target)
                 continue
             try:
-                plan.fresh[target.name] = Keeper(target, self.metrics.target(target.name))
+                plan.fresh[target.name] = Keeper(target, self.metrics.target(target.name),
+                                                 ledger=self.ledger)
             except (ConfigError, OSError, ValueError) as exc:
                 self._discard(plan)
                 key = exc.key if isinstance(exc, ConfigError) else f"targets[{index}]"
                 raise ConfigError(key, f"cannot set up target '{target.name}': {exc}",
                                   "fix it and send SIGHUP again") from None
+        try:
+            self._prepare_proxies(plan)
+        except ConfigError:
+            self._discard(plan)
+            raise
         return plan
+
+    def _prepare_proxies(self, plan: ReloadPlan) -> None:
+        """Decide each proxy's fate; build the forwarders and bind the new sockets now.
+
+        Raises ConfigError (after closing what it bound) when a socket or a TLS setting fails.
+        """
+        new = plan.config
+        held = {p.socket_path: name for name, p in self.proxies.items() if p.socket_path}
+        wanted = {p.target for p in new.proxies}
+        plan.proxies_stopped = [name for name in self.proxies if name not in wanted]
+        try:
+            for proxy_config in new.proxies:
+                target = new.target(proxy_config.target)
+                assert target is not None  # the config refuses a proxy of an unknown target
+                old = self.proxies.get(proxy_config.target)
+                if old is not None and old.config.socket == proxy_config.socket:
+                    plan.proxies_kept.append(proxy_config)
+                    current = old.forwarder
+                    if current is None or current.settings_key() != Forwarder.key_for(
+                            target, proxy_config):
+                        plan.proxies_forwarders[old.name] = old.build_forwarder(target, proxy_config)
+                    continue
+                if old is not None:
+                    plan.proxies_stopped.append(old.name)  # a changed socket path: restarted
+                proxy = self._new_proxy(proxy_config)
+                plan.proxies_new[proxy.name] = (proxy, proxy.build_forwarder(target))
+                if proxy_config.socket in held:
+                    plan.proxies_deferred.add(proxy.name)  # taken once its holder has stopped
+                else:
+                    proxy.open(None, self.backlog)
+        except ConfigError:
+            for name, (proxy, _) in plan.proxies_new.items():
+                proxy.discard()
+                if name not in self.proxies:
+                    self.metrics.remove_proxy(name)  # its series were made for nothing
+            raise
 
     def _discard(self, plan: ReloadPlan) -> None:
         """Undo building ``plan``'s keepers: they never ran; their targets' series go back."""
@@ -331,6 +457,19 @@ class Daemon:
                                " a restart; the other settings apply now")
         configure(new.log.level, new.log.format)
         self.config = new
+        for name in plan.fresh:  # SIGHUP clears the lockout records (kept keepers clear their own)
+            self.ledger.clear(name, time.time())
+        self._fit_open_files(new)
+        # Proxies that go stop before the keepers change: their requests in flight finish with
+        # the tokens they started with.
+        stopping = [self.proxies.pop(name) for name in plan.proxies_stopped]
+        await asyncio.gather(*(proxy.stop() for proxy in stopping))
+        for name in plan.proxies_stopped:
+            if name not in plan.proxies_new:
+                self.metrics.remove_proxy(name)
+        for proxy_config in plan.proxies_kept:
+            self.proxies[proxy_config.target].reconfigure(
+                proxy_config, plan.proxies_forwarders.get(proxy_config.target))
         retiring = [self.keepers[n] for n in [*plan.removed, *plan.fresh] if n in self.keepers]
         # Each stays in ``keepers`` (serving what it holds) until it has stopped; a successor then
         # takes its place in the same step as it starts. A stopped keeper is not stuck: health
@@ -342,16 +481,39 @@ class Daemon:
         for name in plan.removed:
             del self.keepers[name]
             self.metrics.remove_target(name)
-        for target in plan.kept:
-            self.keepers[target.name].reconfigure(target)
+        predecessors = {k.name: k for k in retiring}
         for keeper in plan.fresh.values():
+            predecessor = predecessors.get(keeper.name)
+            if predecessor is not None:  # a new secret or url must not reset the login spacing
+                keeper.policy.inherit(predecessor.policy)
             # The retired keeper's last writes to the target's series are not the new one's state.
             _show(keeper.metrics, "starting", False)
             self._warn_tls(keeper.target)
-            self._start(keeper)
+            if self._closing:  # SIGTERM came during the reload: no new session at the upstream
+                self.keepers[keeper.name] = keeper
+            else:
+                self._start(keeper)
+        await self._start_new_proxies(plan)
         errors = [r for r in results if isinstance(r, BaseException)]
+        for target in plan.kept:  # after the swap: one failing here leaves no target without keeper
+            try:
+                self.keepers[target.name].reconfigure(target)
+            except Exception as exc:  # e.g. a file sink refused since it was checked
+                errors.append(exc)
         if errors:  # the swap is done whatever failed; the failure is a bug to be logged
             raise errors[0]
+
+    async def _start_new_proxies(self, plan: ReloadPlan) -> None:
+        """Start the proxies a reload added or moved; one whose socket cannot be taken is logged."""
+        for name, (proxy, forwarder) in plan.proxies_new.items():
+            if name in plan.proxies_deferred:
+                try:
+                    proxy.open(None, self.backlog)
+                except ConfigError as exc:
+                    log.error("proxy.start_failed", target=name, key=exc.key, error=str(exc))
+                    continue
+            self.proxies[name] = proxy
+            await proxy.start(forwarder, self.backlog)
 
 
 def _show(metrics: TargetMetrics, state: State, valid: bool) -> None:

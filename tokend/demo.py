@@ -19,8 +19,9 @@ from pathlib import Path
 
 from tokend.config import load_config
 from tokend.daemon import Daemon
-from tokend.fake_sddc import FakeSddc, ensure_tls_dir, start_fake
 from tokend.logs import configure
+from tokend.testing.fake_sddc import FakeSddc, start_fake
+from tokend.testing.tls import ensure_tls_dir
 
 ACCESS_TTL = 10.0
 USER = "administrator@vsphere.local"
@@ -36,10 +37,12 @@ def _free_port() -> int:
 def _write_config(workdir: Path, url: str, ca: Path, metrics_port: int) -> Path:
     password_file = workdir / "password"
     config = workdir / "config.toml"
+    (workdir / "state").mkdir(mode=0o700, exist_ok=True)
     config.write_text(f"""\
 [server]
 socket = "{workdir / 'tokend.sock'}"
 socket_mode = "0600"
+state_dir = "{workdir / 'state'}"
 
 [metrics]
 listen = "127.0.0.1:{metrics_port}"

@@ -56,6 +56,18 @@ CATALOGUE: dict[str, Event] = {
     "target.state_changed": Event(("debug", "info", "warning"), ("target", "old", "new"),
                                   "state transition; warning into degraded, expired or"
                                   " credentials_rejected, debug for a healthy refresh"),
+    "lockout.restored": Event(("info", "warning"), ("target", "rejections", "max_login_failures",
+                                                    "expires_at", "action"),
+                              "rejections of this secret recorded before a restart still count;"
+                              " warning when they stop logins"),
+    "lockout.ledger_unavailable": Event(("warning",), ("state_dir", "error", "action"),
+                                        "the lockout ledger cannot be kept on disk: rejections are"
+                                        " counted in memory only"),
+    "lockout.ledger_replaced": Event(("warning",), ("path", "error", "action"),
+                                     "a lockout ledger that cannot be read is started afresh"),
+    "secret.unavailable": Event(("warning",), ("target", "key", "error", "action"),
+                                "the secret source changed but cannot be read (once per change):"
+                                " the secret in use is kept"),
     "secret.changed": Event(("info",), ("target", "action"),
                             "a changed secret lifted the lockout guard"),
     "consumer.denied": Event(("warning",), ("uid", "gid", "pid", "groups", "message",
@@ -64,9 +76,6 @@ CATALOGUE: dict[str, Event] = {
     "consumer.connection_limit": Event(("warning",), ("uid", "pid", "message"),
                                        "a peer over the connection limits (once per uid per"
                                        " minute)"),
-    "server.open_files_limit": Event(("warning",), ("limit", "needed", "message", "remediation"),
-                                     "at start: the open-file limit cannot be raised to fit"
-                                     " max_connections"),
     "config.reloaded": Event(("info",), ("kept", "restarted", "removed"),
                              "SIGHUP applied; targets kept keep their tokens"),
     "config.reload_failed": Event(("error",), ("key", "error", "action"),
@@ -91,6 +100,31 @@ CATALOGUE: dict[str, Event] = {
                             " outcome internal_error, retried after a backoff"),
     "tls.trust_reloaded": Event(("info",), ("target", "ca_file"),
                                 "ca_file changed: the next upstream call uses the new trust store"),
+    "daemon.open_files_limit": Event(("warning",), ("wanted", "soft", "hard"),
+                                     "RLIMIT_NOFILE could not be raised to fit the connection"
+                                     " limits and the proxies' pools: connections beyond it fail"),
+    "proxy.started": Event(("info",), ("target", "socket"),
+                           "a proxy listens (at start, or a SIGHUP added it or moved its socket)"),
+    "proxy.stopped": Event(("info",), ("target", "socket"),
+                           "a proxy stopped listening; its requests in flight had up to 5 s"),
+    "proxy.start_failed": Event(("error",), ("target", "key", "error"),
+                                "a proxy a SIGHUP moved to a socket could not take it: it is not"
+                                " served until the next SIGHUP"),
+    "proxy.request": Event(("debug", "info"), ("target", "method", "path", "status", "outcome",
+                                               "who", "duration"),
+                           "a request on a proxy: debug, POST/PUT/PATCH/DELETE at info; `path`"
+                           " is canonical, without the query; `who` is uid:N or the local user"),
+    "proxy.token_refused": Event(("info",), ("target", "fingerprint", "retry"),
+                                 "the upstream answered 401 Unauthorized to tokend's token: one"
+                                 " refresh, however many requests saw it; `retry` if the request"
+                                 " is sent again"),
+    "proxy.upstream_failed": Event(("warning",), ("target", "outcome", "error"),
+                                   "a forwarded request got no answer (502 or 504), at most once"
+                                   " a minute per target; `suppressed` counts the others"),
+    "proxy.error_withheld": Event(("warning",), ("target", "status", "reason"),
+                                  "an upstream error answer tokend could not check for secrets"
+                                  " (over 64 KiB, or encoded unreadably): its status is passed on"
+                                  " with an Error body of tokend's"),
     "tls.trust_reload_failed": Event(("error",), ("target", "key", "error", "action"),
                                      "ca_file changed but cannot be used: the old trust store is"
                                      " kept"),

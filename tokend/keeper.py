@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from tokend.clock import Clock, SystemClock
 from tokend.config import TargetConfig
 from tokend.errors import (
     ConfigError,
+    CredentialsRejected,
     InvalidResponse,
     TokendError,
     TransientError,
@@ -31,6 +32,7 @@ from tokend.errors import (
 )
 from tokend.filesink import TokenFile
 from tokend.jwtinfo import JWT_PATTERN, fingerprint
+from tokend.ledger import Ledger
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import TargetMetrics
 from tokend.schedule import (
@@ -113,7 +115,7 @@ class Keeper:
 
     def __init__(self, target: TargetConfig, metrics: TargetMetrics,
                  rand: Callable[[], float] = random.random, client: TokenSource | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, ledger: Ledger | None = None) -> None:
         self.target = target
         self.name = target.name
         self.metrics = metrics
@@ -124,6 +126,9 @@ class Keeper:
         self.first_attempt_done = asyncio.Event()
         self.sink = _token_file(target)
         self._secret: Secret | None = None  # read for the login about to be made
+        self.ledger = ledger if ledger is not None else Ledger.open(None, 0.0)
+        self._secret_id: str | None = None  # the ledger's id of the secret last read
+        self._restored = False  # the ledger was consulted for this keeper's first secret
         self._secret_stamp: object = None
         self._busy_since: float | None = None
         self._wake = asyncio.Event()
@@ -164,6 +169,7 @@ class Keeper:
             if self.sink is not None and served is not None:
                 self._sink_write(served, now)
         self.target = target
+        self.ledger.clear(self.name, self.clock.time())  # SIGHUP clears the record (SPEC §8.9)
         self._secret_stamp = None  # re-read the secret and the TLS material now
         self._perform_now(self.policy.reconfigure(now, target.policy()))
         self._wake.set()
@@ -210,13 +216,15 @@ class Keeper:
             "nextRefreshAt": iso_utc(wall + next_in) if next_in is not None else None,
             "consecutiveFailures": self.policy.failures,
             "lastError": self.last_error(now, wall),
+            "lockout": self._lockout(wall),
         }
 
     def news(self) -> asyncio.Future[None]:
         """A future resolved at this keeper's next publish, withdraw or retire (SPEC §10.1).
 
-        One future shared by every waiter, however many: wait on it with :func:`asyncio.wait`, which
-        never cancels what it waits on; never cancel it. Once the keeper is retired it is resolved.
+        One future shared by every waiter, however many (:class:`tokend.watch.Watches` puts one
+        callback on it for all its watches): never cancel it, nor await it from a task that may be
+        cancelled. Once the keeper is retired it is resolved.
         """
         news = self._news
         if news is None:
@@ -235,6 +243,13 @@ class Keeper:
         self._news = None
         if news is not None and not news.done():
             news.set_result(None)
+
+    def _lockout(self, wall: float) -> dict[str, Any] | None:
+        """The recorded rejections of this target that outlive a restart (SPEC §8.9), or None."""
+        record = self.ledger.record(self.name)
+        if record is None or not record.live(wall):
+            return None
+        return {"rejections": record.rejections, "expiresAt": iso_utc(record.expires_at())}
 
     # -- consumer requests ----------------------------------------------------------------------
 
@@ -356,7 +371,7 @@ class Keeper:
         self._busy_since = start
         try:
             try:
-                issued = await self._upstream_call(call)
+                issued = await self._while_serving(self._upstream_call(call))
             except UpstreamError as error:
                 await self._failed(operation, error, self.clock.monotonic() - start)
                 return
@@ -379,11 +394,31 @@ class Keeper:
                 self.metrics.skew.set(issued.clock_skew)
             effects = self.policy.on_token(self.clock.monotonic(), admitted.token, operation,
                                            issued.refresh_id, issued.duration)
+            if operation == "login":
+                self.ledger.clear(self.name, self.clock.time())
             self.metrics.failures.set(0)
             self._perform_now(effects)
         finally:
             self._busy_since = None
             self.first_attempt_done.set()
+
+    async def _while_serving(self, call: Coroutine[Any, Any, Issued]) -> Issued:
+        """Await an upstream call, withdrawing the served token if it expires meanwhile."""
+        task = asyncio.ensure_future(call)
+        done = asyncio.Event()
+        task.add_done_callback(lambda _: done.set())
+        try:
+            while not task.done():
+                deadline = self.policy.expiry_deadline()
+                if deadline is None:
+                    await asyncio.wait({task})
+                    break
+                await self.clock.wait(done, deadline)
+                if not task.done():
+                    self._perform_now(self.policy.expire(self.clock.monotonic()))
+            return task.result()
+        finally:
+            task.cancel()  # only when the keeper itself is cancelled mid-call
 
     async def _upstream_call(self, call: Call) -> Issued:
         if call.operation == "login":
@@ -399,6 +434,9 @@ class Keeper:
                       duration: float | None) -> None:
         if error.issued_refresh_id is not None:
             REDACTOR.register(error.issued_refresh_id)
+        if isinstance(error, CredentialsRejected) and operation == "login" and self._secret_id:
+            self.ledger.rejected(self.name, self._secret_id, self.policy.rejections() + 1,
+                                 self.clock.time())
         self.metrics.upstream(operation, error.outcome, duration)
         effects = self.policy.on_failure(self.clock.monotonic(), operation, error)
         self.metrics.failures.set(self.policy.failures)
@@ -435,20 +473,50 @@ class Keeper:
         try:
             secret = read_secret(self.target.secret)
         except ConfigError as exc:
+            error = TransientError(
+                str(exc), outcome="invalid_response",
+                detail=UpstreamDetail(error_code="SECRET_UNAVAILABLE",
+                                      remediation_message=exc.fix or "Fix the secret source"))
             if login:  # not an upstream call: not counted in the upstream metrics
-                effects = self.policy.on_failure(now, "login", TransientError(
-                    str(exc), outcome="invalid_response",
-                    detail=UpstreamDetail(error_code="SECRET_UNAVAILABLE",
-                                          remediation_message=exc.fix or "Fix the secret source")))
+                effects = self.policy.on_failure(now, "login", error)
                 self.metrics.failures.set(self.policy.failures)
                 self._perform_now(effects)
                 self.first_attempt_done.set()
-            return  # a periodic check: reported at the next login attempt
+            elif stamp != self._secret_stamp:  # once per change of the source, not every 30 s
+                self._secret_stamp = stamp
+                self.policy.note_error(now, error)
+                self.log.warning("secret.unavailable", key=exc.key, error=str(exc),
+                                 action="the secret in use is kept until the source is fixed")
+            return
         self._secret_stamp = stamp
         REDACTOR.register(secret.reveal())
         if login:
             self._secret = secret
+        changed = self.policy.secret_digest not in (None, secret.digest)
+        self._secret_id = self.ledger.secret_id(secret)
+        if changed:  # a new secret starts a new count, here and in the ledger
+            self.ledger.clear(self.name, self.clock.time())
         self._perform_now(self.policy.on_secret(now, secret.digest, for_login=login))
+        if not self._restored:
+            self._restored = True
+            self._restore(now)
+
+    def _restore(self, now: float) -> None:
+        """At start: rejections of this secret recorded before a restart still count."""
+        assert self._secret_id is not None
+        wall = self.clock.time()
+        record = self.ledger.lookup(self.name, self._secret_id, wall)
+        if record is None:
+            return
+        effects = self.policy.restore(now, record.rejections, now - (wall - record.last_attempt))
+        locked = self.policy.locked_out
+        (self.log.warning if locked else self.log.info)(
+            "lockout.restored", rejections=record.rejections,
+            max_login_failures=self.target.max_login_failures,
+            expires_at=iso_utc(record.expires_at()),
+            action=("no login until the secret changes, SIGHUP, or the record expires" if locked
+                    else f"logins spaced by {self.target.login_retry_interval:g}s"))
+        self._perform_now(effects)
 
     def _check_trust(self) -> None:
         try:
@@ -478,7 +546,11 @@ class Keeper:
         self.metrics.upstream("refresh" if operation == "idle" else operation, "internal_error", None)
         self._busy_since = None
         self._secret = None
-        effects = self.policy.on_crash(now)
+        effects = self.policy.on_crash(now, TransientError(
+            f"tokend internal error ({type(exc).__name__}); retried after a backoff",
+            outcome="internal_error",
+            detail=UpstreamDetail(error_code="INTERNAL_ERROR", remediation_message=(
+                "A bug in tokend: report the keeper.crashed log line; tokend keeps retrying"))))
         self.metrics.failures.set(self.policy.failures)
         with contextlib.suppress(Exception):
             self._perform_now(effects)

@@ -18,6 +18,13 @@ UPSTREAM_OUTCOMES = ("success", "rejected", "refresh_token_gone", "http_error", 
                      "tls_error", "timeout", "invalid_response", "internal_error")
 TOKEN_REQUEST_OUTCOMES = ("served", "unavailable", "below_min_ttl", "forbidden", "not_found",
                           "bad_request")
+# SPEC §9.6. forwarded: the upstream's answer was passed on; retried_after_401: passed on after one
+# retry with a new token; unavailable: 503 from tokend (no token, no pool slot); unauthorized: no
+# valid local token (TCP); refused: refused by tokend (400, 403, 404 of a token path, 429);
+# upstream_error: 502 or 504 (unreachable, TLS, timeout, an answer cut short).
+PROXY_OUTCOMES = ("forwarded", "retried_after_401", "unavailable", "unauthorized", "refused",
+                  "upstream_error")
+PROXY_LOGIN_OUTCOMES = ("success", "rejected", "rate_limited")
 
 
 # The *_created series double the series count and nothing in tokend's dashboards or alerts uses them.
@@ -73,6 +80,16 @@ class Metrics:
             ["target"], registry=r)
         self.requests = RequestCounts()
         r.register(self.requests)
+        self.proxy_requests = Counter(
+            "tokend_proxy_requests_total", "Requests on a proxy listener, by outcome",
+            ["target", "outcome"], registry=r)
+        self.proxy_duration = Histogram(
+            "tokend_proxy_request_duration_seconds",
+            "Time from a forwarded request to the upstream's response headers", ["target"],
+            registry=r, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.proxy_logins = Counter(
+            "tokend_proxy_logins_total", "Local logins on a proxy listener (the facade)",
+            ["target", "outcome"], registry=r)
         self.config_reload_ok = Gauge(
             "tokend_config_last_reload_successful",
             "0 after a SIGHUP whose config failed to load", registry=r)
@@ -83,6 +100,18 @@ class Metrics:
     def target(self, name: str) -> TargetMetrics:
         """The pre-resolved children for one target."""
         return TargetMetrics(self, name)
+
+    def proxy(self, target: str) -> ProxyMetrics:
+        """The pre-resolved children for one target's proxy."""
+        return ProxyMetrics(self, target)
+
+    def remove_proxy(self, target: str) -> None:
+        """Drop a removed proxy's series."""
+        _remove(self.proxy_duration, target)
+        for outcome in PROXY_OUTCOMES:
+            _remove(self.proxy_requests, target, outcome)
+        for outcome in PROXY_LOGIN_OUTCOMES:
+            _remove(self.proxy_logins, target, outcome)
 
     def remove_target(self, name: str) -> None:
         """Drop a removed target's series."""
@@ -133,3 +162,26 @@ class TargetMetrics:
                                          outcome=outcome).inc()
         if duration is not None:
             self._m.upstream_duration.labels(target=self.name, operation=operation).observe(duration)
+
+
+class ProxyMetrics:
+    """One proxy's series (SPEC §9.6), every outcome present from the start."""
+
+    def __init__(self, metrics: Metrics, target: str) -> None:
+        self.requests = {o: metrics.proxy_requests.labels(target=target, outcome=o)
+                         for o in PROXY_OUTCOMES}
+        self.logins = {o: metrics.proxy_logins.labels(target=target, outcome=o)
+                       for o in PROXY_LOGIN_OUTCOMES}
+        self.duration = metrics.proxy_duration.labels(target=target)
+
+    def request(self, outcome: str) -> None:
+        """Count one request on the proxy's listeners with its ``outcome`` (PROXY_OUTCOMES)."""
+        self.requests[outcome].inc()
+
+    def upstream_answered(self, seconds: float) -> None:
+        """Time from sending a request upstream to its response headers."""
+        self.duration.observe(seconds)
+
+    def login(self, outcome: str) -> None:
+        """Count one local login: ``success``, ``rejected`` or ``rate_limited`` (the facade's)."""
+        self.logins[outcome].inc()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
-
-from tokend.config import ServerConfig
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -38,16 +37,28 @@ def _supplementary_groups(pid: int) -> frozenset[int]:
     return frozenset()
 
 
-def admits(server: ServerConfig, peer: Peer) -> bool:
+class AllowLists(Protocol):
+    """The allow-lists of a socket: ``[server]``'s, or a proxy's."""
+
+    @property
+    def allowed_uids(self) -> frozenset[int]:
+        """Uids let in."""
+
+    @property
+    def allowed_gids(self) -> frozenset[int]:
+        """Groups (primary or supplementary) let in."""
+
+
+def admits(lists: AllowLists, peer: Peer) -> bool:
     """Listed uid OR any listed group; both lists empty admits everyone who can open the socket."""
-    if not server.allowed_uids and not server.allowed_gids:
+    if not lists.allowed_uids and not lists.allowed_gids:
         return True
-    return peer.uid in server.allowed_uids or bool(peer.groups & server.allowed_gids)
+    return peer.uid in lists.allowed_uids or bool(peer.groups & lists.allowed_gids)
 
 
-def denial_message(peer: Peer) -> tuple[str, str]:
-    """The message and remediation of the 403 a denied peer gets."""
+def denial_message(peer: Peer, where: str = "server") -> tuple[str, str]:
+    """The message and remediation of the 403 a denied peer gets; ``where`` holds the lists."""
     groups = ",".join(str(g) for g in sorted(peer.groups)) or str(peer.gid)
     return (f"uid {peer.uid} (groups {groups}) is not allowed to use this socket",
-            f"Add {peer.uid} to server.allowed_uids, or one of its groups to server.allowed_gids,"
+            f"Add {peer.uid} to {where}.allowed_uids, or one of its groups to {where}.allowed_gids,"
             " then reload tokend (SIGHUP)")

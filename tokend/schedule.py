@@ -300,6 +300,7 @@ class RefreshPolicy:
         self._rejections: dict[str, int] = {}
         self._last_rejection_at: float | None = None
         self._next_at = 0.0
+        self._scheduled_at = 0.0  # the refresh the token's own schedule asks for
         self._next_secret_check = 0.0
         self._secret_fresh = False  # read since the last login: a login may go ahead
         self._long_backoff = False  # the last failure was a refused answer to an accepted login
@@ -351,7 +352,7 @@ class RefreshPolicy:
         if in_flight is None:
             in_flight = self.in_flight is not None
         if self.locked_out and not self.has_refresh_token:
-            return "credentials_rejected"
+            return "credentials_rejected"  # even with a token left: nothing will renew it
         if self.token is not None and self.token.valid(now):
             if self.failures or self.rejected_by_consumers:
                 return "degraded"  # stays degraded while a retry is in flight
@@ -384,11 +385,7 @@ class RefreshPolicy:
     def poll(self, now: float) -> list[Effect]:
         """Time passed: what is due at ``now``. The list ends with a Call, CheckSecret or Sleep."""
         effects, self._pending = self._pending, []
-        published = self._published
-        if published is not None and not published.valid(now):
-            self._published = None
-            effects.append(Withdraw(published))
-        effects += self._state_effects(now)
+        effects += self.expire(now)
         if now >= self._next_secret_check:
             self._next_secret_check = now + SECRET_CHECK_INTERVAL
             effects.append(CheckSecret(login=False))
@@ -410,6 +407,19 @@ class RefreshPolicy:
             wake = min(wake, self._published.expires_at)
         effects.append(Sleep(wake))
         return effects
+
+    def expire(self, now: float) -> list[Effect]:
+        """Time passed, maybe while a call is out: withdraw the served token once it expired."""
+        effects: list[Effect] = []
+        published = self._published
+        if published is not None and not published.valid(now):
+            self._published = None
+            effects.append(Withdraw(published))
+        return effects + self._state_effects(now)
+
+    def expiry_deadline(self) -> float | None:
+        """When the served token must be withdrawn (monotonic), if one is served."""
+        return None if self._published is None else self._published.expires_at
 
     def on_token(self, now: float, token: HeldToken, operation: Operation,
                  refresh_id: str | None = None, duration: float | None = None) -> list[Effect]:
@@ -437,6 +447,7 @@ class RefreshPolicy:
             self._last_rejection_at = None
         fraction = self.config.refresh_at + self.config.jitter * (2 * self._rand() - 1)
         self._next_at = token.obtained_at + max(token.lifetime * fraction, MIN_REFRESH_INTERVAL)
+        self._scheduled_at = self._next_at
         next_in = self.next_call_in(now)
         log = Log("info", "token.acquired" if operation == "login" else "token.refreshed", {
             "operation": operation, "fingerprint": token.fingerprint,
@@ -478,13 +489,47 @@ class RefreshPolicy:
         effects.append(self._failure_log(now, operation, error))
         return effects + self._state_effects(now)
 
-    def on_crash(self, now: float) -> list[Effect]:
-        """tokend's own code failed: back off and carry on from the last consistent state."""
+    def on_crash(self, now: float, error: UpstreamError) -> list[Effect]:
+        """tokend's own code failed (``error`` describes it): back off, carry on from the last state.
+
+        A crash during a refresh counts as a transient refresh failure, so repeated ones fall back
+        to a login like any other.
+        """
+        if self.in_flight == "refresh":
+            self.transient_refresh_failures += 1
         self.in_flight = None
         self._secret_fresh = False
+        self.attempted = True
         self.failures += 1
+        self.last_failure = Failure(error, now)
         self._next_at = max(self._next_at, now + self.backoff(now))
         return self._state_effects(now)
+
+    def note_error(self, now: float, error: UpstreamError) -> None:
+        """A problem that is no failed call (a secret source that cannot be read): ``lastError``."""
+        self.last_failure = Failure(error, now)
+
+    def restore(self, now: float, rejections: int, last_attempt: float) -> list[Effect]:
+        """A record of the current secret's rejections from before a restart (SPEC §8.9).
+
+        ``last_attempt`` is the monotonic instant of the last rejected login (it may lie before
+        this process started). Logins are spaced from it, and none are made if it reached
+        ``max_login_failures``.
+        """
+        digest = self.secret_digest or ""
+        self._rejections[digest] = max(self._rejections.get(digest, 0), rejections)
+        if self._last_rejection_at is None or last_attempt > self._last_rejection_at:
+            self._last_rejection_at = last_attempt
+        self.attempted = self.attempted or self.locked_out
+        return self._state_effects(now)
+
+    def inherit(self, previous: RefreshPolicy) -> None:
+        """A keeper replaced at reload keeps its predecessor's login spacing (SPEC §5.5).
+
+        The rejection counts are not carried: SIGHUP, or the changed secret that caused the
+        replacement, starts them again. The spacing protects the account all the same.
+        """
+        self._last_rejection_at = previous._last_rejection_at
 
     def on_secret(self, now: float, digest: str, for_login: bool) -> list[Effect]:
         """The secret now in use: read for the login about to be made, or its source changed."""
@@ -516,6 +561,8 @@ class RefreshPolicy:
             if self._refused_new_tokens >= REFUSED_NEW_TOKENS_LIMIT:
                 self.rejected_by_consumers = True
                 self._consumer_due = None
+                if not self.failures:  # drop any refresh a consumer brought forward
+                    self._next_at = self._scheduled_at
         if self.rejected_by_consumers:
             return None
         if self.failures or (self.locked_out and not self.has_refresh_token):

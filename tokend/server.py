@@ -23,7 +23,6 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from tokend.config import Config
 from tokend.errbody import error_body, error_response, raw_http_error
 from tokend.keeper import Keeper, ServeError
-from tokend.listen import fit_open_files
 from tokend.logs import get_logger
 from tokend.metrics import Metrics
 from tokend.peers import Peer, admits, denial_message, peer_of
@@ -34,8 +33,8 @@ DENIAL_LOG_INTERVAL = 60.0
 # The request line and headers must arrive within this, and an idle keep-alive connection is closed
 # after it (aiohttp's keep-alive timer runs from accept and between requests).
 IDLE_TIMEOUT = 10.0
-# Open connections of one uid, and in all, are bounded by [server] max_connections_per_uid and
-# max_connections (SPEC §8): one uid cannot starve another, nor tokend of descriptors.
+# Open connections of one uid, and in all, are [server] max_connections_per_uid and max_connections:
+# one uid cannot starve another, nor tokend of descriptors (SPEC §8).
 # Every 503 tokend generates says when to ask again (SPEC §8.6); a probe's answer can change at the
 # keepers' next step, and the systemd STATUS= lines are sent at this interval too.
 PROBE_RETRY_AFTER = 5
@@ -251,57 +250,30 @@ async def _readyz_socket(request: web.Request, hub: Hub) -> web.Response:
 # -- accepting connections ---------------------------------------------------------------------
 
 
-class PeerGate:
-    """Decides at accept time; remembers whom it denied, to log each uid once a minute."""
+class ConnectionSlots:
+    """The open connections of every Unix listener of one daemon, by uid: the limits are shared.
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self._last_logged: dict[int, float] = {}
-        self._last_limit_logged: dict[int, float] = {}
-        # Open connections by uid: added at accept, removed when aiohttp's handler loses them, so
-        # counting costs O(1) however many are open (a thousand held watches, say).
+    A connection is added at accept and removed when aiohttp's handler loses it, so counting
+    costs O(1) however many are open (a thousand held watches, say).
+    """
+
+    def __init__(self) -> None:
         self._open: dict[int, set[asyncio.BaseTransport]] = {}
         self._total = 0
 
-    def admit(self, peer: Peer) -> bool:
-        """Whether ``peer`` may talk to the API (the allow-lists as currently loaded)."""
-        return admits(self.hub.config.server, peer)
-
-    def denied(self, peer: Peer) -> None:
-        """Count and (rate-limited) log a denied peer."""
-        self.hub.metrics.requests.counts["forbidden"] += 1
-        now = time.monotonic()
-        if now - self._last_logged.get(peer.uid, -math.inf) >= DENIAL_LOG_INTERVAL:
-            self._last_logged[peer.uid] = now
-            if len(self._last_logged) > 4096:  # bounded, whatever uids come and go
-                self._last_logged = {peer.uid: now}
-            message, remediation = denial_message(peer)
-            log.warning("consumer.denied", uid=peer.uid, gid=peer.gid, pid=peer.pid,
-                        groups=sorted(peer.groups), message=message, remediation=remediation)
-
-    def take_slot(self, peer: Peer, transport: asyncio.BaseTransport) -> tuple[str, str] | None:
-        """Count ``transport`` against its uid and the total, or say (message, remediation) why not."""
-        mine = self._open.get(peer.uid, set())
-        total = self._total
-        server = self.hub.config.server  # the limits as currently loaded
-        if len(mine) >= server.max_connections_per_uid:
-            why = (f"uid {peer.uid} already has {len(mine)} connections open to tokend, the most"
-                   " one uid may have")
-        elif total >= server.max_connections:
-            why = f"tokend already has {total} connections open, the most it accepts"
-        else:
-            self._open.setdefault(peer.uid, mine).add(transport)
-            self._total += 1
-            return None
-        self.hub.metrics.requests.counts["unavailable"] += 1
-        now = time.monotonic()
-        if now - self._last_limit_logged.get(peer.uid, -math.inf) >= DENIAL_LOG_INTERVAL:
-            self._last_limit_logged[peer.uid] = now
-            if len(self._last_limit_logged) > 4096:
-                self._last_limit_logged = {peer.uid: now}
-            log.warning("consumer.connection_limit", uid=peer.uid, pid=peer.pid, message=why)
-        return why, "Reuse one connection, or close idle ones; retry after Retry-After"
-
+    def take(self, uid: int, transport: asyncio.BaseTransport, per_uid: int,
+             total: int) -> str | None:
+        """Count ``transport`` against ``uid`` and the total, or say why not (limits reached)."""
+        mine = self._open.get(uid, set())
+        if len(mine) >= per_uid:
+            return (f"uid {uid} already has {len(mine)} connections open to tokend, the most one"
+                    " uid may have (server.max_connections_per_uid)")
+        if self._total >= total:
+            return (f"tokend already has {self._total} connections open, the most it accepts"
+                    " (server.max_connections)")
+        self._open.setdefault(uid, mine).add(transport)
+        self._total += 1
+        return None
 
     def release(self, uid: int, transport: asyncio.BaseTransport) -> None:
         """``transport`` of ``uid`` is closed: its slot is free."""
@@ -313,19 +285,85 @@ class PeerGate:
                 del self._open[uid]
 
 
+class PeerGate:
+    """Decides at accept time; remembers whom it denied, to log each uid once a minute.
+
+    The gate of the §4 API socket. A proxy's socket has a gate of its own (a subclass): its own
+    allow-lists, messages and counters, the same connection slots.
+    """
+
+    def __init__(self, hub: Hub, slots: ConnectionSlots | None = None) -> None:
+        self.hub = hub
+        self.slots = slots if slots is not None else ConnectionSlots()
+        self._last_logged: dict[int, float] = {}
+        self._last_limit_logged: dict[int, float] = {}
+
+    def admit(self, peer: Peer) -> bool:
+        """Whether ``peer`` may talk to the API (the allow-lists as currently loaded)."""
+        return admits(self.hub.config.server, peer)
+
+    def denial(self, peer: Peer) -> tuple[str, str]:
+        """The message and remediation of the 403 a denied ``peer`` gets."""
+        return denial_message(peer)
+
+    def count(self, outcome: str) -> None:
+        """Count a request answered at the door: ``forbidden``, ``unavailable`` or ``bad_request``."""
+        self.hub.metrics.requests.counts[outcome] += 1
+
+    def log_fields(self) -> dict[str, Any]:
+        """Fields added to this gate's log lines (a proxy names its target)."""
+        return {}
+
+    def denied(self, peer: Peer) -> None:
+        """Count and (rate-limited) log a denied peer."""
+        self.count("forbidden")
+        now = time.monotonic()
+        if now - self._last_logged.get(peer.uid, -math.inf) >= DENIAL_LOG_INTERVAL:
+            self._last_logged[peer.uid] = now
+            if len(self._last_logged) > 4096:  # bounded, whatever uids come and go
+                self._last_logged = {peer.uid: now}
+            message, remediation = self.denial(peer)
+            log.warning("consumer.denied", uid=peer.uid, gid=peer.gid, pid=peer.pid,
+                        groups=sorted(peer.groups), message=message, remediation=remediation,
+                        **self.log_fields())
+
+    def take_slot(self, peer: Peer, transport: asyncio.BaseTransport) -> tuple[str, str] | None:
+        """Count ``transport`` against its uid and the total, or say (message, remediation) why not."""
+        server = self.hub.config.server
+        why = self.slots.take(peer.uid, transport, server.max_connections_per_uid,
+                              server.max_connections)
+        if why is None:
+            return None
+        self.count("unavailable")
+        now = time.monotonic()
+        if now - self._last_limit_logged.get(peer.uid, -math.inf) >= DENIAL_LOG_INTERVAL:
+            self._last_limit_logged[peer.uid] = now
+            if len(self._last_limit_logged) > 4096:
+                self._last_limit_logged = {peer.uid: now}
+            log.warning("consumer.connection_limit", uid=peer.uid, pid=peer.pid, message=why,
+                        **self.log_fields())
+        return why, "Reuse one connection, or close idle ones; retry after Retry-After"
+
+
+def peer_of_request(request: BaseRequest) -> Peer | None:
+    """The peer a gated listener admitted this request's connection for (None elsewhere)."""
+    protocol = request.protocol
+    return protocol.peer if isinstance(protocol, _Handler) else None
+
+
 class _Handler(RequestHandler):
     """aiohttp's connection handler, answering what its parser refuses in the Error shape too."""
 
-    def __init__(self, server: web.Server, hub: Hub,
-                 released: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, server: web.Server, gate: PeerGate, peer: Peer | None = None) -> None:
         kwargs: dict[str, Any] = server._kwargs
         super().__init__(server, loop=asyncio.get_running_loop(), **kwargs)
-        self._hub = hub
-        self._released = released
+        self._gate = gate
+        self.peer = peer  # whom the gate admitted: the proxy logs the uid and hands it to logins
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Free the connection's slot, then let aiohttp clean up."""
-        self._released()
+        if self.peer is not None and self.transport is not None:
+            self._gate.slots.release(self.peer.uid, self.transport)
         super().connection_lost(exc)
 
     def handle_error(self, request: BaseRequest, status: int = 500,
@@ -339,7 +377,7 @@ class _Handler(RequestHandler):
             code, text = "INTERNAL_ERROR", "tokend failed to answer this request"
         else:
             # A consumer's malformed request: its problem, not an operator's, so not at error level.
-            self._hub.metrics.requests.counts["bad_request"] += 1
+            self._gate.count("bad_request")
             log.debug("request.malformed", status=status, error=str(message or exc)[:200])
             code, text = "BAD_REQUEST", f"malformed HTTP request ({message or exc})"[:300]
         headers = {"Retry-After": str(PROBE_RETRY_AFTER)} if status == 503 else None
@@ -368,7 +406,7 @@ class _GateProtocol(asyncio.Protocol):
         if peer is None or not self._gate.admit(peer):
             if peer is not None:
                 self._gate.denied(peer)
-                message, remediation = denial_message(peer)
+                message, remediation = self._gate.denial(peer)
             else:
                 message, remediation = "peer credentials unavailable", ""
             assert isinstance(transport, asyncio.WriteTransport)
@@ -383,8 +421,7 @@ class _GateProtocol(asyncio.Protocol):
                                            error_body("TOO_MANY_CONNECTIONS", *refused)))
             transport.close()
             return
-        gate, uid = self._gate, peer.uid
-        handler = _Handler(self._server, gate.hub, lambda: gate.release(uid, transport))
+        handler = _Handler(self._server, self._gate, peer)
         transport.set_protocol(handler)
         handler.connection_made(transport)
 
@@ -395,9 +432,9 @@ class _GateProtocol(asyncio.Protocol):
 class GatedUnixSite(web.BaseSite):
     """Like aiohttp's SockSite for a bound Unix socket, with the peer check at accept."""
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, gate: PeerGate) -> None:
-        # A backlog to match the connection limit (the kernel caps it at net.core.somaxconn).
-        super().__init__(runner, backlog=gate.hub.config.server.max_connections)
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, gate: PeerGate,
+                 backlog: int = 128) -> None:
+        super().__init__(runner, backlog=backlog)
         self._sock = sock
         self._gate = gate
 
@@ -407,15 +444,8 @@ class GatedUnixSite(web.BaseSite):
         return f"http://unix:{self._sock.getsockname()}:"
 
     async def start(self) -> None:
-        """Listen on the already-bound socket, with enough descriptors for the connection limit."""
+        """Listen on the already-bound socket."""
         await super().start()
-        limit = self._gate.hub.config.server.max_connections
-        soft, needed = fit_open_files(limit)
-        if soft < needed:
-            log.warning("server.open_files_limit", limit=soft, needed=needed,
-                        message=f"RLIMIT_NOFILE {soft} is below what max_connections = {limit} needs",
-                        remediation="raise LimitNOFILE= (systemd) or ulimit -n, or lower"
-                                    " server.max_connections")
         server = self._runner.server
         assert server is not None
         gate = self._gate

@@ -36,6 +36,10 @@ def render_status(data: dict[str, Any], color: bool = False) -> str:
             f"  next refresh    {t.get('nextRefreshAt') or '-'}",
             f"  failures        {t.get('consecutiveFailures', 0)} in a row",
         ]
+        lockout = t.get("lockout")
+        if lockout:  # rejections that outlive a restart (SPEC §8.9)
+            lines.append(f"  lockout record  {lockout.get('rejections')} rejected login(s),"
+                         f" kept until {lockout.get('expiresAt')} (fix the secret or SIGHUP to clear)")
         err = t.get("lastError")
         if err:
             lines.append(f"  last error      {err.get('errorCode')} at {err.get('at')}")

@@ -43,6 +43,7 @@ REFRESH_PATH = "/v1/tokens/access-token/refresh"
 REVOKE_PATH = "/v1/tokens/refresh-token"
 MAX_BODY = 1 << 20  # an access token is a few KiB; anything near this is not an SDDC Manager
 MAX_DETAIL_CHARS = 1000
+MAX_ERROR_BODY = 64 << 10  # what is read of an error answer: enough for any Error object
 MAX_ACCESS_TOKEN = 16 * 1024  # bytes (ASCII once it is a JWS); the vendor's is under 2 KiB
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
@@ -350,7 +351,10 @@ class UpstreamClient:
         try:
             async with session.request(method, path.lstrip("/"), data=body, headers=JSON_HEADERS,
                                        allow_redirects=False) as resp:
-                data = await _read_body(resp, operation)
+                if 200 <= resp.status < 300:
+                    data = await _read_body(resp, operation)
+                else:  # the status decides; a long or slow error body must not change its class
+                    data = await _read_error_body(resp, sent_mono + self.target.request_timeout / 2)
                 return _Response(resp.status, resp.headers, data, sent_mono, sent_wall,
                                  time.time(), time.monotonic() - sent_mono)
         except aiohttp.ServerFingerprintMismatch as exc:
@@ -433,6 +437,27 @@ async def _read_body(resp: aiohttp.ClientResponse, operation: str) -> bytes:
         data += chunk
         if len(data) > MAX_BODY:
             raise InvalidResponse(f"{operation}: response body larger than {MAX_BODY} bytes")
+    return bytes(data)
+
+
+async def _read_error_body(resp: aiohttp.ClientResponse, deadline: float) -> bytes:
+    """At most MAX_ERROR_BODY bytes of an error answer, whatever arrives by ``deadline`` (monotonic).
+
+    A rejected login must count as a rejection (SPEC §5.5) even when its body is huge, slow or cut
+    off: the body only feeds the operator's message, so it is truncated, never an error.
+    """
+    data = bytearray()
+    while len(data) < MAX_ERROR_BODY:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            chunk = await asyncio.wait_for(resp.content.read(MAX_ERROR_BODY - len(data)), left)
+        except (TimeoutError, aiohttp.ClientError):
+            break
+        if not chunk:
+            break
+        data += chunk
     return bytes(data)
 
 

@@ -9,6 +9,7 @@ durations here and must start fast.
 from __future__ import annotations
 
 import grp
+import ipaddress
 import math
 import os
 import re
@@ -24,6 +25,8 @@ DURATION_FIX = 'use a number with a unit, e.g. "500ms", "30s", "5m", "1h", or a 
 
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _MODE_RE = re.compile(r"(?:0o)?([0-7]{1,4})")
 _HEX_FINGERPRINT_RE = re.compile(r"[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31}")
 # What tomllib hands over, by the name TOML gives it; bool before int, since a bool is an int.
@@ -224,6 +227,54 @@ def group_id(group: str, key: str) -> int:
     except KeyError:
         raise ConfigError(key, f"no group named '{group}'",
                           "create the group or fix the name") from None
+
+
+# --- listen addresses -------------------------------------------------------------------------
+
+
+def as_host_port(value: object, key: str, fix: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` as (host, port); ``""`` is None (no listener)."""
+    listen = as_string(value, key)
+    if listen == "":
+        return None
+    if listen.startswith("["):
+        host, sep, port_text = listen[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(key, f"{listen!r} is not [IPV6]:PORT", fix) from None
+        if not sep:
+            raise ConfigError(key, f"{listen!r} has no port", fix)
+    else:
+        host, sep, port_text = listen.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(key, f"{listen!r} is not HOST:PORT", fix)
+        if ":" in host:
+            raise ConfigError(key, f"{listen!r}: an IPv6 address needs brackets", fix)
+        if not is_ip(host) and not _HOSTNAME_RE.fullmatch(host):
+            raise ConfigError(key, f"{host!r} is not a host name or IP address", fix)
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(key, f"{port_text!r} is not a port number (0 to 65535)", fix)
+    return host, int(port_text)
+
+
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address literal."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: only this machine can reach it."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- certificate pins -------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_socket_api import peer_python
-from tests.harness import Tokend, Upstream
+from tests.support import Tokend, Upstream
+from tests.support.peers import peer_python
 
 DENIED_FLOOD = """
 import json, socket, sys
@@ -102,7 +102,8 @@ async def test_well_behaved_client_is_served_under_abuse(
     if os.geteuid() != 0:
         pytest.skip("needs root to run peers as other uids")
     tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                                       server="allowed_uids = [0, 4242]", log_level="info")
+                                       server={"allowed_uids": [0, 4242]},
+                                       log={"level": "info"})
     tokend.socket.chmod(0o666)
     workdir.chmod(0o711)
     assert tokend.proc is not None

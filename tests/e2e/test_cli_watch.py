@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from tests.harness import Tokend, Upstream
+from tests.support import Tokend, Upstream
 
 TOKEND = [sys.executable, "-m", "tokend"]
 

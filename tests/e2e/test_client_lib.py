@@ -18,7 +18,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from tests.harness import Tokend, Upstream, eventually
+from tests.support import Tokend, Upstream, eventually
 from tokend.client import (
     AsyncClient,
     BadRequest,
@@ -175,7 +175,7 @@ async def test_auth_hooks_carry_200_calls_through_a_forced_revocation(
     await calls(CALLS // 2)
     await asyncio.sleep(max(0.0, started + QUIET_AFTER_NEW_TOKEN + 0.5 - time.monotonic()))
     before = fake.count("domains", 401)
-    fake.faults.revoke_access_tokens()
+    fake.revoke_access_tokens()
     await calls(CALLS // 2)
 
     assert statuses == [200] * CALLS
@@ -229,7 +229,7 @@ async def test_the_header_goes_only_to_the_targets_origin(
 
 async def test_a_streamed_body_is_not_replayed(upstream: Upstream, tokend: Tokend) -> None:
     ctx = ssl.create_default_context(cafile=str(upstream.ca_pem))
-    upstream.fake.faults.revoke_access_tokens()
+    upstream.fake.revoke_access_tokens()
     # A request whose body is a generator cannot be sent twice: its 401 is the caller's.
 
     def gen() -> Any:

@@ -2,7 +2,7 @@
 
 The real ``tokend run`` process against the fake SDDC Manager over HTTPS. The fake's faults
 (``Faults.malformed_next`` kinds) produce the inputs: odd ``exp`` claims, TokenPair shapes, refused
-login answers; the socket API and signals produce the rest. Every test also runs the harness's leak
+login answers; the socket API and signals produce the rest. Every test also runs the fixture's leak
 check at teardown (nothing secret in what tokend printed).
 
 Timing bounds carry the fault suite's margins: a scheduled call starts late by at most ``SLACK``,
@@ -15,10 +15,10 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import assert_no_secrets
-from tests.harness import Tokend, Upstream, eventually, write_config
-from tokend.fake_sddc import CallRecord, FakeSddc, MalformedKind
+from tests.support import Tokend, Upstream, assert_no_secrets, eventually, free_port, write_config
+from tokend.testing.fake_sddc import CallRecord, FakeSddc
+from tokend.testing.faults import MalformedKind
 
 MakeUpstream = Callable[..., Awaitable[Upstream]]
 MakeTokend = Callable[..., Awaitable[Tokend]]
@@ -40,14 +40,6 @@ MANY = 1000  # a fault that stays for the whole test
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on at the moment."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -135,7 +127,7 @@ async def check_capped(make_upstream: MakeUpstream, make_tokend: MakeTokend,
     fake.faults.malformed_next("login", kind, count=MANY)
     fake.faults.malformed_next("refresh", kind, count=MANY)
     tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening",
-                               target=f'max_token_lifetime = "{cap}s"')
+                               target={"max_token_lifetime": f"{cap}s"})
     token = await first_token(tokend, fake)
     assert token["accessToken"] == fake.issued_access_tokens[0], "the first answer was not served"
     assert 0 < token["expiresIn"] <= cap, token
@@ -195,7 +187,7 @@ async def test_exp_not_a_number_is_an_invalid_response(
     fake.faults.malformed_next("login", kind, count=MANY)
     port = free_port()
     tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening",
-                               metrics_listen=f"127.0.0.1:{port}", target='max_backoff = "2s"')
+                               metrics={"listen": f"127.0.0.1:{port}"}, target={"max_backoff": "2s"})
     # tokend keeps retrying, each answer counted as an invalid response.
     await eventually(lambda: fake.count("login", 201) >= 3, 15, what="three logins")
 
@@ -238,11 +230,10 @@ def run_bytes_env(args: list[str], env: dict[bytes, bytes]) -> tuple[int | None,
 
 async def test_non_utf8_secret_exits_2_naming_the_key(
         upstream: Upstream, workdir: Path, fakes: list[FakeSddc]) -> None:
-    path = write_config(workdir, upstream.url, upstream.ca_pem)
-    text = path.read_text()
-    secret_line = f'password_file = "{workdir / "password"}"'
-    assert secret_line in text
-    path.write_text(text.replace(secret_line, 'password_env = "TOKEND_PW"'))
+    path = write_config(workdir, upstream.url, upstream.ca_pem,
+                        target={"password_file": None, "password_env": "TOKEND_PW"})
+    written = tomllib.loads(path.read_text())["targets"][0]
+    assert "password_file" not in written and written["password_env"] == "TOKEND_PW", written
     # Byte 0xE4 (ä in Latin-1) is no UTF-8; under the C locale Python hands it over as '\udce4'.
     env = {b"TOKEND_PW": b"\xe4", b"LC_ALL": b"C", b"PATH": os.environb.get(b"PATH", b"/usr/bin"),
            b"PYTHONPATH": os.environb.get(b"PYTHONPATH", b"")}
@@ -270,7 +261,7 @@ async def test_invalidate_of_brand_new_token_is_deferred_not_dropped(
     upstream = await make_upstream(access_ttl=120)  # no scheduled refresh during the test
     fake = upstream.fake
     tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                               settings={"request_timeout": '"15s"'})
+                               target={"request_timeout": "15s"})
     token = await tokend.token()
     issued = fake.calls_of("login", 201)[0].at
     assert time.monotonic() - issued < 4, "the token is no longer brand new"
@@ -294,7 +285,7 @@ async def test_three_refused_brand_new_tokens_stop_consumer_refreshes(
     upstream = await make_upstream(access_ttl=120)  # no scheduled refresh during the test
     fake = upstream.fake
     tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                               settings={"request_timeout": '"12s"'})
+                               target={"request_timeout": "12s"})
     # Each new token is reported refused at once: the refreshes are deferred (5 s after a token,
     # 10 s after the previous consumer refresh) but made, until the third report.
     for report in range(3):
@@ -376,7 +367,7 @@ async def test_refused_login_answer_revokes_session_and_backs_off(
     # Every login is accepted by the upstream, with an access token tokend cannot use.
     fake.faults.malformed_next("login", "not_jwt", count=MANY)
     tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening",
-                               target=f'max_backoff = "{max_backoff:g}s"')
+                               target={"max_backoff": f"{max_backoff:g}s"})
     # The session each refused answer opened is revoked (best effort): a DELETE for its id.
     await eventually(lambda: fake.calls_of("revoke"), 5, what="a revoke of the refused session")
     first_id = fake.issued_refresh_ids[0]
@@ -412,7 +403,7 @@ async def test_readyz_on_metrics_listener_503_has_retry_after(
     fake.faults.down = True  # no token yet: not ready
     port = free_port()
     tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening",
-                               metrics_listen=f"127.0.0.1:{port}")
+                               metrics={"listen": f"127.0.0.1:{port}"})
     await eventually(lambda: fake.count("login") >= 1, 5, what="a first login attempt")
     for path in ("/readyz", "/readyz?target=t1"):
         status, headers = await tcp_get(port, path)
@@ -437,7 +428,7 @@ async def test_two_quick_sighups_after_a_url_change_leave_one_keeper(
     ttl, revoke_delay = 4, 1.5
     old = await make_upstream(access_ttl=ttl)
     new = await make_upstream(access_ttl=ttl)
-    revoke = "revoke_on_exit = true"
+    revoke = {"revoke_on_exit": True}
     tokend = await make_tokend(old.url, old.ca_pem, target=revoke)
     await tokend.token()
     # The retired keeper's revoke takes a while: the next SIGHUPs surely arrive during the reload.

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Tokend, Upstream
+from tests.support import Tokend, Upstream
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SCRIPTS = ["requests_domains.py", "httpx_async_domains.py", "sdk_domains.py"]
@@ -42,7 +42,7 @@ async def test_the_examples_list_the_domains_before_and_after_a_forced_revocatio
     assert upstream.fake.count("domains", 401) == 0
 
     await asyncio.sleep(max(0.0, started + QUIET_AFTER_NEW_TOKEN + 0.5 - time.monotonic()))
-    upstream.fake.faults.revoke_access_tokens()
+    upstream.fake.revoke_access_tokens()
     for script in SCRIPTS:
         assert await run_example(script, tokend, upstream) == "sfo-m01 MANAGEMENT ACTIVE\n", script
     # The first script after the revocation got a 401, reported it and retried with the one new

@@ -32,10 +32,8 @@ import itertools
 import json
 import math
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -47,12 +45,20 @@ import jwt
 import pytest
 from cryptography import x509
 
-from tests.conftest import assert_no_secrets
-from tests.harness import TLS, Tokend, Upstream, eventually, write_config
-from tokend.fake_sddc import CallRecord, DropWhen, FakeSddc, MalformedKind
+from tests.support import (
+    TLS,
+    NotifyListener,
+    Tokend,
+    Upstream,
+    assert_one_line_error,
+    eventually,
+    write_config,
+)
+from tokend.testing.fake_sddc import CallRecord, FakeSddc
+from tokend.testing.faults import DropWhen, MalformedKind
 
 MakeUpstream = Callable[..., Awaitable[Upstream]]
-Spawn = Callable[..., Awaitable[Tokend]]
+MakeTokend = Callable[..., Awaitable[Tokend]]
 
 # A scheduled call starts late by the event loop's latency and the request's own time (a TLS
 # handshake on a fresh connection, a few ms), never early. On a busy CI machine that stays well
@@ -64,53 +70,11 @@ ARRIVAL = 0.3
 # The bounds on call counts hold except with at most this probability (see max_calls).
 P_FLAKE = 1e-6
 # Refresh early in the token's life, so failures have room before expiry.
-EARLY_REFRESH = "refresh_at = 0.3\njitter = 0.02"
-MID_REFRESH = "refresh_at = 0.5\njitter = 0.02"
+EARLY_REFRESH = {"refresh_at": 0.3, "jitter": 0.02}
+MID_REFRESH = {"refresh_at": 0.5, "jitter": 0.02}
 
 
 # -- the daemon ---------------------------------------------------------------------------------
-
-
-def write_fault_config(workdir: Path, url: str, ca_pem: Path | None,
-                       settings: Mapping[str, str], **config: Any) -> Path:
-    """The harness config with some of its own lines replaced (``settings``: key -> TOML value).
-
-    The harness writes ``request_timeout``, ``socket`` and friends itself; TOML refuses a key given
-    twice, so changing one of them means replacing its line.
-    """
-    path = write_config(workdir, url, ca_pem, **config)
-    text = path.read_text()
-    for key, value in settings.items():
-        text, n = re.subn(rf"(?m)^(\s*){re.escape(key)} = .*$", rf"\g<1>{key} = {value}", text)
-        assert n == 1, f"{key} is not a line of the harness config"
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture
-async def spawn(workdir: Path, fakes: list[FakeSddc]) -> AsyncIterator[Spawn]:
-    """Start ``tokend run`` like the harness's ``make_tokend``, with harness settings replaceable."""
-    started: list[Tokend] = []
-
-    async def start(url: str, ca_pem: Path | None, *, wait: str | None = "ready",
-                    env: dict[str, str] | None = None, settings: Mapping[str, str] | None = None,
-                    socket_path: Path | None = None, **config: Any) -> Tokend:
-        path = write_fault_config(workdir, url, ca_pem, settings or {}, **config)
-        daemon = Tokend(workdir, path, socket_path or workdir / "tokend.sock")
-        daemon.start(env)
-        started.append(daemon)
-        if wait == "ready":
-            await daemon.ready()
-        elif wait == "listening":
-            await daemon.started()
-        return daemon
-
-    yield start
-    for daemon in started:
-        await daemon.stop()
-    for daemon in started:
-        assert_no_secrets(daemon.stdout(), fakes, "stdout")
-        assert_no_secrets(daemon.stderr(), fakes, "stderr")
 
 
 async def assert_up(tokend: Tokend) -> None:
@@ -120,15 +84,6 @@ async def assert_up(tokend: Tokend) -> None:
     assert (await tokend.get("/healthz")).status == 200
     assert not tokend.events("keeper.crashed"), tokend.events("keeper.crashed")
     assert "Traceback" not in tokend.stderr(), tokend.stderr()
-
-
-def assert_one_line_error(stderr: str, *names: str) -> None:
-    """(1) for start-up faults: one line on stderr naming ``names``, no traceback."""
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.strip("\n").split("\n")
-    assert len(lines) == 1 and lines[0].startswith("tokend: "), stderr
-    for name in names:
-        assert name in lines[0], (name, stderr)
 
 
 async def state(tokend: Tokend) -> str:
@@ -324,14 +279,14 @@ def failures(tokend: Tokend) -> list[dict[str, Any]]:
 
 
 async def test_fault_upstream_down_longer_than_token_life(
-        make_upstream: MakeUpstream, spawn: Spawn) -> None:
+        make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     # 5-second tokens, served 3 to 4 s, refreshed at 30 %. max_backoff 2 s keeps the recovery prompt
     # (without it the no-token cap is 30 s and the test would wait that long after the outage).
     ttl = 5
     upstream = await make_upstream(access_ttl=ttl)
     fake = upstream.fake
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening",
-                         target=EARLY_REFRESH + '\nmax_backoff = "2s"')
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening",
+                               target={**EARLY_REFRESH, "max_backoff": "2s"})
     async with consuming(tokend, fake) as consumer:
         # Down as soon as the first token is out: its refresh (at 30 %, 0.8 s or more later) fails.
         await eventually(lambda: fake.count("login", 201) == 1, timeout=10, interval=0.02,
@@ -385,15 +340,15 @@ async def test_fault_upstream_down_longer_than_token_life(
         # The consumer's checks apply when the block ends.
 
 
-async def test_fault_5xx_storm(make_upstream: MakeUpstream, spawn: Spawn) -> None:
+async def test_fault_5xx_storm(make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     # 20 × 503 on whatever comes: three refreshes then a login, five times over. 30-second tokens
     # refreshed at 5 % leave at least 26 s of life when the storm starts; max_backoff 0.5 s makes
     # every delay at most 0.5 s, so 20 failures cannot outlast the token (19 × 0.5 s + the requests'
     # own few ms each) and every consumer request is served throughout.
     upstream = await make_upstream(access_ttl=30)
     fake = upstream.fake
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening",
-                         target='refresh_at = 0.05\njitter = 0.01\nmax_backoff = "500ms"')
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening",
+                               target={"refresh_at": 0.05, "jitter": 0.01, "max_backoff": "500ms"})
     async with consuming(tokend, fake) as consumer:
         await tokend.ready()
         ready_at = time.monotonic()
@@ -420,14 +375,14 @@ async def test_fault_5xx_storm(make_upstream: MakeUpstream, spawn: Spawn) -> Non
     assert storm[20].at - storm[0].at <= 20 * (0.5 + 0.1), storm[20].at - storm[0].at
 
 
-async def test_fault_429_with_retry_after(make_upstream: MakeUpstream, spawn: Spawn) -> None:
+async def test_fault_429_with_retry_after(make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     # 30-second tokens refreshed at 5 % (1.1 to 1.8 s in): a tenth of the remaining life is about
     # 2.6 s then, so a Retry-After of 2 s is within the cap and one of 600 s is beyond it.
     ttl = 30
     upstream = await make_upstream(access_ttl=ttl)
     fake = upstream.fake
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening",
-                         target="refresh_at = 0.05\njitter = 0.01")
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening",
+                               target={"refresh_at": 0.05, "jitter": 0.01})
     fake.faults.fail_next("refresh", 429, headers={"Retry-After": "2"})
     fake.faults.fail_next("refresh", 429, headers={"Retry-After": "600"})
     async with consuming(tokend, fake) as consumer:
@@ -461,15 +416,15 @@ async def test_fault_429_with_retry_after(make_upstream: MakeUpstream, spawn: Sp
     assert fake.count("login") == 1
 
 
-async def test_fault_timeouts(make_upstream: MakeUpstream, spawn: Spawn) -> None:
+async def test_fault_timeouts(make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     # request_timeout 1 s; the fake waits 2 s before every answer while the fault lasts. 15-second
     # tokens (served 13 s or more) refreshed at 10 %: three timed-out attempts (1 s each plus a delay
     # of at most 1.3 s) and the recovery fit well inside the token's life.
     timeout = 1.0
     upstream = await make_upstream(access_ttl=15)
     fake = upstream.fake
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening",
-                         settings={"request_timeout": '"1s"'}, target="refresh_at = 0.1\njitter = 0.02")
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening",
+                               target={"request_timeout": "1s", "refresh_at": 0.1, "jitter": 0.02})
     async with consuming(tokend, fake) as consumer:
         await tokend.ready()
         ready_at = time.monotonic()
@@ -506,12 +461,12 @@ async def test_fault_timeouts(make_upstream: MakeUpstream, spawn: Spawn) -> None
 
 @pytest.mark.parametrize("when", ["headers", "no_response"])
 async def test_fault_connection_dropped_mid_response(
-        when: DropWhen, make_upstream: MakeUpstream, spawn: Spawn) -> None:
+        when: DropWhen, make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     # "headers": a 200 status line, headers and part of the body, then the connection closes;
     # "no_response": closed without a byte. Four in a row: three refreshes, then the login they lead to.
     upstream = await make_upstream(access_ttl=10)
     fake = upstream.fake
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening", target=EARLY_REFRESH)
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening", target=EARLY_REFRESH)
     async with consuming(tokend, fake) as consumer:
         await tokend.ready()
         ready_at = time.monotonic()
@@ -569,39 +524,22 @@ class HangingServer:
             writer.close()
 
 
-class NotifySocket:
-    """A datagram socket standing in for systemd's ``$NOTIFY_SOCKET``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[str] = []
-
-    def received(self) -> list[str]:
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self.messages.append(self.sock.recv(4096).decode())
-        return self.messages
-
-
 async def test_fault_tls_handshake_hangs(
-        make_upstream: MakeUpstream, spawn: Spawn, tls: TLS, workdir: Path) -> None:
+        make_upstream: MakeUpstream, make_tokend: MakeTokend, tls: TLS, workdir: Path) -> None:
     hanging = HangingServer()
     url = await hanging.start()
-    notify = NotifySocket(workdir / "notify")
+    notify = NotifyListener(workdir / "notify")
     upstream = await make_upstream(access_ttl=30)
     fake = upstream.fake
     timeout = 1.0
-    settings = {"request_timeout": '"1s"'}
+    quick = {"request_timeout": "1s"}
     try:
         started_at = time.monotonic()
-        tokend = await spawn(url, tls.ca_pem, wait="listening", settings=settings,
-                             env={"NOTIFY_SOCKET": str(notify.path)})
+        tokend = await make_tokend(url, tls.ca_pem, wait="listening", target=quick,
+                                   env={"NOTIFY_SOCKET": str(notify.path)})
         async with consuming(tokend, fake) as consumer:
             # READY=1 once the first attempt has given up: the hang does not block start-up.
-            await eventually(lambda: any("READY=1" in m for m in notify.received()),
+            await eventually(lambda: notify.first("READY=1") is not None,
                              timeout=timeout + 5, what="READY=1")
             assert time.monotonic() - started_at < timeout + 6  # start-up, then one attempt
             error = await eventually(lambda: last_error(tokend), timeout=3, what="lastError")
@@ -621,7 +559,7 @@ async def test_fault_tls_handshake_hangs(
             assert set(consumer.statuses()) == {503}
 
             # Repoint at the real fake: SIGHUP with the url changed starts the target afresh.
-            write_fault_config(workdir, upstream.url, upstream.ca_pem, settings)
+            write_config(workdir, upstream.url, upstream.ca_pem, target=quick)
             repointed_at = time.monotonic()
             tokend.signal(signal.SIGHUP)
             await tokend.ready(timeout=10)
@@ -634,7 +572,7 @@ async def test_fault_tls_handshake_hangs(
         assert fake.count("login") == 1
     finally:
         await hanging.close()
-        notify.sock.close()
+        notify.close()
 
     # (3) Each attempt holds its connection for the whole request_timeout and the next starts only
     # after it gave up (single flight): connections never overlap, last about request_timeout each,
@@ -652,14 +590,14 @@ async def test_fault_tls_handshake_hangs(
 # -- 7-10: answers tokend cannot use ----------------------------------------------------------------
 
 
-async def check_unusable_answers(make_upstream: MakeUpstream, spawn: Spawn, kind: MalformedKind,
+async def check_unusable_answers(make_upstream: MakeUpstream, make_tokend: MakeTokend, kind: MalformedKind,
                                  message: str) -> None:
     """The first login and the first refresh answer with ``kind``; each costs exactly one retry."""
     upstream = await make_upstream(access_ttl=6)
     fake = upstream.fake
     fake.faults.malformed_next("login", kind)
     fake.faults.malformed_next("refresh", kind)
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening", target=EARLY_REFRESH)
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening", target=EARLY_REFRESH)
     async with consuming(tokend, fake) as consumer:
         await tokend.ready()
         ready_at = time.monotonic()
@@ -688,27 +626,27 @@ async def check_unusable_answers(make_upstream: MakeUpstream, spawn: Spawn, kind
     assert calls[3].at - calls[2].at <= 1.0 + SLACK, calls[3].at - calls[2].at
 
 
-async def test_fault_malformed_json(make_upstream: MakeUpstream, spawn: Spawn) -> None:
+async def test_fault_malformed_json(make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     # An HTML page where the TokenPair (login) and the JSON string (refresh) should be.
-    await check_unusable_answers(make_upstream, spawn, "not_json", "the answer is not JSON")
+    await check_unusable_answers(make_upstream, make_tokend, "not_json", "the answer is not JSON")
 
 
-async def test_fault_token_not_a_jwt(make_upstream: MakeUpstream, spawn: Spawn) -> None:
-    await check_unusable_answers(make_upstream, spawn, "not_jwt", "is not a compact JWS")
+async def test_fault_token_not_a_jwt(make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
+    await check_unusable_answers(make_upstream, make_tokend, "not_jwt", "is not a compact JWS")
 
 
-async def test_fault_token_without_exp(make_upstream: MakeUpstream, spawn: Spawn) -> None:
-    await check_unusable_answers(make_upstream, spawn, "no_exp", "the access token has no 'exp' claim")
+async def test_fault_token_without_exp(make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
+    await check_unusable_answers(make_upstream, make_tokend, "no_exp", "the access token has no 'exp' claim")
 
 
-async def test_fault_exp_in_the_past(make_upstream: MakeUpstream, spawn: Spawn) -> None:
+async def test_fault_exp_in_the_past(make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     # iat and exp both over a minute in the past: exp − iat alone looks like a normal lifetime, and
     # exp − Date (the upstream's own clock) is what shows the token is already dead.
-    await check_unusable_answers(make_upstream, spawn, "expired",
+    await check_unusable_answers(make_upstream, make_tokend, "expired",
                                  "the access token is already expired when issued")
 
 
-async def test_fault_iat_in_the_future(make_upstream: MakeUpstream, spawn: Spawn) -> None:
+async def test_fault_iat_in_the_future(make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     # The first refresh answers a token with iat (and nbf) an hour ahead and exp = iat + ttl. SPEC
     # §5.1 tracks sent + (exp − iat): the normal lifetime. exp − Date would be an hour longer; tokend
     # must not serve the token for that long, nor refresh it an hour late.
@@ -716,7 +654,7 @@ async def test_fault_iat_in_the_future(make_upstream: MakeUpstream, spawn: Spawn
     upstream = await make_upstream(access_ttl=ttl)
     fake = upstream.fake
     fake.faults.malformed_next("refresh", "iat_future")
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening", target=MID_REFRESH)
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening", target=MID_REFRESH)
     async with consuming(tokend, fake, trust_fake_signature=True) as consumer:
         await tokend.ready()
         ready_at = time.monotonic()
@@ -741,12 +679,13 @@ async def test_fault_iat_in_the_future(make_upstream: MakeUpstream, spawn: Spawn
 
 
 @pytest.mark.parametrize("skew", [600, -600])
-async def test_fault_server_clock_skew(skew: int, make_upstream: MakeUpstream, spawn: Spawn) -> None:
+async def test_fault_server_clock_skew(
+        skew: int, make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     ttl, refresh_at, jitter = 5, 0.5, 0.02
     upstream = await make_upstream(access_ttl=ttl)
     fake = upstream.fake
     fake.faults.clock_skew = skew  # iat, exp and Date all come from the fake's skewed clock
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening", target=MID_REFRESH)
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening", target=MID_REFRESH)
     async with consuming(tokend, fake) as consumer:
         await tokend.ready()
         ready_at = time.monotonic()
@@ -794,7 +733,7 @@ def event_offset(event: dict[str, Any]) -> float:
 
 
 async def test_fault_local_wall_clock_jumps(
-        make_upstream: MakeUpstream, spawn: Spawn, tls: TLS, workdir: Path) -> None:
+        make_upstream: MakeUpstream, make_tokend: MakeTokend, tls: TLS, workdir: Path) -> None:
     lib = libfaketime()
     if lib is None:
         pytest.skip("libfaketime is not installed (Debian package faketime; see .ci/faketime-setup)")
@@ -823,7 +762,7 @@ async def test_fault_local_wall_clock_jumps(
     ttl, refresh_at, jitter = 5, 0.5, 0.02
     upstream = await make_upstream(access_ttl=ttl)
     fake = upstream.fake
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening", env=env, target=MID_REFRESH)
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening", env=env, target=MID_REFRESH)
     # A phase outlasts the longest gap between refreshes by a second, so each sees at least one.
     _, longest_gap = refresh_gap(ttl, refresh_at, jitter)
     async with consuming(tokend, fake) as consumer:
@@ -858,11 +797,11 @@ async def refresh_in_flight(fake: FakeSddc) -> CallRecord:
     return record
 
 
-async def test_fault_sighup_during_refresh(make_upstream: MakeUpstream, spawn: Spawn) -> None:
+async def test_fault_sighup_during_refresh(make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     ttl, delay = 10, 2.0  # request_timeout is 3 s: the delayed refresh still succeeds
     upstream = await make_upstream(access_ttl=ttl)
     fake = upstream.fake
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening", target=EARLY_REFRESH)
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening", target=EARLY_REFRESH)
     async with consuming(tokend, fake) as consumer:
         await tokend.ready()
         ready_at = time.monotonic()
@@ -906,10 +845,10 @@ async def test_fault_sighup_during_refresh(make_upstream: MakeUpstream, spawn: S
     assert max(low, delay) <= second.at - in_flight.at <= high, second.at - in_flight.at
 
 
-async def test_fault_sigterm_during_refresh(make_upstream: MakeUpstream, spawn: Spawn) -> None:
+async def test_fault_sigterm_during_refresh(make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
     upstream = await make_upstream(access_ttl=10)
     fake = upstream.fake
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait="listening", target=EARLY_REFRESH)
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening", target=EARLY_REFRESH)
     async with consuming(tokend, fake) as consumer:
         await tokend.ready()
         fake.faults.delays["refresh"] = 2.0
@@ -932,12 +871,11 @@ async def test_fault_sigterm_during_refresh(make_upstream: MakeUpstream, spawn: 
 # -- 15: the socket's directory ---------------------------------------------------------------------
 
 
-async def check_socket_directory_refused(spawn: Spawn, upstream: Upstream, directory: Path,
-                                         fix: str) -> None:
+async def check_socket_directory_refused(make_tokend: MakeTokend, upstream: Upstream,
+                                         directory: Path, fix: str) -> None:
     sock = directory / "tokend.sock"
     started = time.monotonic()
-    tokend = await spawn(upstream.url, upstream.ca_pem, wait=None, socket_path=sock,
-                         settings={"socket": f'"{sock}"'})
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, wait=None, server={"socket": str(sock)})
     assert await tokend.wait_exit(timeout=15) == 2
     assert time.monotonic() - started < 10
     assert_one_line_error(tokend.stderr(), "server.socket", str(directory), fix)
@@ -946,8 +884,9 @@ async def check_socket_directory_refused(spawn: Spawn, upstream: Upstream, direc
     assert upstream.fake.calls == []  # (3) it failed before any upstream call
 
 
-async def test_fault_socket_directory_missing(upstream: Upstream, spawn: Spawn, workdir: Path) -> None:
-    await check_socket_directory_refused(spawn, upstream, workdir / "absent", "create the directory")
+async def test_fault_socket_directory_missing(
+        upstream: Upstream, make_tokend: MakeTokend, workdir: Path) -> None:
+    await check_socket_directory_refused(make_tokend, upstream, workdir / "absent", "create the directory")
 
 
 @contextlib.contextmanager
@@ -980,8 +919,8 @@ def unwritable(directory: Path) -> Iterator[None]:
 
 
 async def test_fault_socket_directory_not_writable(
-        upstream: Upstream, spawn: Spawn, workdir: Path) -> None:
+        upstream: Upstream, make_tokend: MakeTokend, workdir: Path) -> None:
     directory = workdir / "locked"
     directory.mkdir()
     with unwritable(directory):
-        await check_socket_directory_refused(spawn, upstream, directory, "writable")
+        await check_socket_directory_refused(make_tokend, upstream, directory, "writable")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,13 +13,14 @@ from typing import Any
 
 import jwt
 
-from tests.harness import Tokend, eventually, write_config
+from tests.support import Tokend, eventually
 
 
-def sink_line(path: Path, mode: str = "0640", group: str = "5555", fmt: str = "raw",
-              keep: bool = False) -> str:
-    return (f'file_sink = {{ path = "{path}", mode = "{mode}", group = "{group}", '
-            f'format = "{fmt}", keep_on_exit = {str(keep).lower()} }}')
+def sink(path: Path, mode: str = "0640", group: str = "5555", fmt: str = "raw",
+         keep: bool = False) -> dict[str, Any]:
+    """Target settings for a file sink at ``path``."""
+    return {"file_sink": {"path": str(path), "mode": mode, "group": group, "format": fmt,
+                          "keep_on_exit": keep}}
 
 
 def sink_dir(workdir: Path) -> Path:
@@ -37,7 +35,7 @@ async def test_reader_never_sees_a_partial_empty_or_expired_token(
     upstream = await make_upstream(access_ttl=3)
     fake = upstream.fake
     path = sink_dir(workdir) / "t1.token"
-    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, target=sink_line(path))
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, target=sink(path))
     bad: list[str] = []
     reads = 0
     stop = threading.Event()
@@ -79,7 +77,7 @@ async def test_sink_is_removed_when_the_token_expires_without_a_successor(
     upstream = await make_upstream(access_ttl=3)
     path = sink_dir(workdir) / "t1.json"
     tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                                       target=sink_line(path, fmt="json"))
+                                       target=sink(path, fmt="json"))
     data = json.loads(path.read_text())
     assert data["target"] == "t1" and data["accessToken"] in upstream.fake.issued_access_tokens
     upstream.fake.faults.down = True
@@ -93,27 +91,24 @@ async def test_sink_is_removed_at_exit_unless_keep_on_exit(
         make_upstream: Callable[..., Any], make_tokend: Callable[..., Any], workdir: Path) -> None:
     upstream = await make_upstream(access_ttl=60)
     path = sink_dir(workdir) / "t1.token"
-    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, target=sink_line(path))
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, target=sink(path))
     assert path.exists()
     assert await tokend.stop() == 0
     assert not path.exists()
     kept: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                                     target=sink_line(path, keep=True))
+                                     target=sink(path, keep=True))
     assert path.exists()
     assert await kept.stop() == 0
     assert path.exists()
 
 
 async def test_a_sink_directory_writable_by_others_is_refused(
-        upstream: Any, workdir: Path) -> None:
+        upstream: Any, make_tokend: Callable[..., Any], workdir: Path) -> None:
     directory = workdir / "open"
     directory.mkdir()
     directory.chmod(0o777)
-    config = write_config(workdir, upstream.url, upstream.ca_pem,
-                          target=sink_line(directory / "t1.token"))
-    proc = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "tokend", "run", "--config", str(config)],
-        capture_output=True, text=True, timeout=20)
-    assert proc.returncode == 2, proc.stderr
-    assert "writable by other users" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, wait=None,
+                                       target=sink(directory / "t1.token"))
+    assert await tokend.wait_exit(timeout=20) == 2, tokend.stderr()
+    assert "writable by other users" in tokend.stderr()
+    assert "Traceback" not in tokend.stderr()

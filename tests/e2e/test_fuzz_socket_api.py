@@ -1,6 +1,6 @@
 """The socket API (SPEC §4) under arbitrary requests, against one real ``tokend run`` process.
 
-The fake SDDC Manager (``tokend fake-sddc``) and the daemon run as subprocesses for the whole
+The fake SDDC Manager (``tokend fake-sddc``) and the daemon run as processes for the whole
 module; hypothesis drives a plain synchronous test that writes raw HTTP/1.1 requests to the Unix
 socket, so any path, query string, method and body can be sent, byte for byte. Whatever arrives,
 tokend answers in the Error shape, never with a 5xx other than its two documented 503s, and keeps
@@ -10,18 +10,11 @@ serving.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +23,16 @@ import yarl  # aiohttp's URL type: the test decodes a query string the way the s
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-PASSWORD = "VMware1!"  # the fake's default user administrator@vsphere.local
+from tests.support import (
+    DEFAULT_PASSWORD,
+    DEFAULT_USER,
+    Answer,
+    FakeProcess,
+    Tokend,
+    configured_tokend,
+    start_fake_process,
+)
+
 TARGET = "t1"
 REQUEST_TIMEOUT = 1.0  # tokend's request_timeout: how long a min_ttl/invalidate request may wait
 JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -45,46 +47,20 @@ SERVED_503 = {"TOKEN_UNAVAILABLE", "TOKEN_BELOW_MIN_TTL"}
 
 
 @dataclass
-class Answer:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-@dataclass
 class Daemon:
     """``tokend run`` against ``tokend fake-sddc``, and what the tests saw it serve."""
 
-    workdir: Path
-    socket: Path
-    proc: subprocess.Popen[bytes]
-    fake: subprocess.Popen[bytes]
+    tokend: Tokend
+    fake: FakeProcess
     served_tokens: set[str] = field(default_factory=set)
-    requests: int = 0
 
     def send(self, raw: bytes, method: str = "GET", timeout: float = 15.0) -> Answer:
         """Write ``raw`` (a whole request) to the socket; read one answer."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(self.socket))
-            sock.sendall(raw)
-            response = http.client.HTTPResponse(sock, method=method)
-            response.begin()
-            body = response.read()
-            self.requests += 1
-            return Answer(response.status, response.headers, body)
+        return self.tokend.client.send_raw(raw, method, timeout)
 
     def request(self, method: str, target: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Answer:
-        lines = [f"{method} {target} HTTP/1.1", "Host: tokend", "Connection: close"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if body is not None:
-            lines.append(f"Content-Length: {len(body)}")
-        raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
-        return self.send(raw, method)
+        return self.tokend.client.request_blocking(method, target, body, headers=headers)
 
     def token(self) -> dict[str, Any]:
         answer = self.request("GET", "/v1/token")
@@ -94,86 +70,30 @@ class Daemon:
         return data
 
     def output(self) -> str:
-        return "".join((self.workdir / name).read_text(errors="replace")
-                       for name in ("tokend.out", "tokend.err"))
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-        except (OSError, http.client.HTTPException):
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        return self.tokend.stdout() + self.tokend.stderr()
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     workdir = tmp_path_factory.mktemp("fz")  # short: a Unix socket path has at most 107 bytes
-    env = {**os.environ}
-    env.pop("TOKEND_SOCKET", None)
-    fake_out = workdir / "fake.out"
-    fake = subprocess.Popen(
-        [sys.executable, "-m", "tokend", "fake-sddc", "--listen", "127.0.0.1:0"],
-        stdout=open(fake_out, "wb"), stderr=subprocess.STDOUT, env=env, cwd=workdir)
-    proc: subprocess.Popen[bytes] | None = None
+    fake = start_fake_process(workdir)
+    tokend: Tokend | None = None
     try:
-        first_line = wait_for(lambda: fake_out.read_text().partition("\n")[1] and
-                              fake_out.read_text().partition("\n")[0], 15, "the fake's URL")
-        url = first_line.strip()
-        assert url.startswith("http://127.0.0.1:"), url
-        secret = workdir / "password"
-        secret.touch(mode=0o600)
-        secret.write_text(PASSWORD + "\n")
-        config = workdir / "config.toml"
-        config.write_text(f"""\
-[server]
-socket = "{workdir / 'tokend.sock'}"
-socket_mode = "0600"
-
-[metrics]
-listen = ""
-
-[log]
-level = "info"
-format = "json"
-
-[[targets]]
-name = "{TARGET}"
-url = "{url}"
-username = "administrator@vsphere.local"
-password_file = "{secret}"
-request_timeout = "{REQUEST_TIMEOUT:g}s"
-""")
-        config.chmod(0o600)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tokend", "run", "--config", str(config)],
-            stdout=open(workdir / "tokend.out", "wb"), stderr=open(workdir / "tokend.err", "wb"),
-            env=env, cwd=workdir)
-        daemon = Daemon(workdir, workdir / "tokend.sock", proc, fake)
-
-        def ready() -> bool:
-            assert proc is not None
-            if proc.poll() is not None:
-                raise AssertionError(f"tokend exited {proc.returncode}: {daemon.output()}")
-            return daemon.request("GET", "/readyz").status == 200
-
-        wait_for(ready, 20, "tokend to hold a token")
-        yield daemon
+        assert fake.url.startswith("http://127.0.0.1:"), fake.url
+        tokend = configured_tokend(workdir, fake.url, password=DEFAULT_PASSWORD,
+                                   log={"level": "info"},
+                                   target={"name": TARGET, "username": DEFAULT_USER,
+                                           "request_timeout": f"{REQUEST_TIMEOUT:g}s",
+                                           "login_retry_interval": None})
+        tokend.start()
+        tokend.ready_blocking(20)
+        yield Daemon(tokend, fake)
     finally:
-        for p in (proc, fake):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        try:
+            if tokend is not None:
+                tokend.stop_blocking(10)
+        finally:
+            fake.stop()
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -384,12 +304,12 @@ def test_any_request_gets_a_documented_answer(daemon: Daemon, request: Request) 
 
 
 def new_log_lines(daemon: Daemon, since: int) -> list[str]:
-    time.sleep(0.2)
-    return (daemon.workdir / "tokend.out").read_text(errors="replace")[since:].splitlines()
+    time.sleep(0.2)  # for the answer's log lines, if any, to be written: none is waited for
+    return daemon.tokend.log.lines_since(since)
 
 
 def test_a_deeply_nested_invalidate_body_is_a_bad_request(daemon: Daemon) -> None:
-    since = len((daemon.workdir / "tokend.out").read_text(errors="replace"))
+    since = daemon.tokend.log.mark()
     answer = daemon.request("POST", f"/v1/targets/{TARGET}/invalidate", b"[" * 4000,
                             {"Content-Type": "application/json"})
     errors = [line for line in new_log_lines(daemon, since) if '"level": "error"' in line]
@@ -405,7 +325,7 @@ def test_a_deeply_nested_invalidate_body_is_a_bad_request(daemon: Daemon) -> Non
     b"GET * HTTP/1.1",
 ], ids=["long-line", "raw-utf8", "unknown-method", "asterisk"])
 def test_a_malformed_request_gets_the_error_shape(daemon: Daemon, request_line: bytes) -> None:
-    since = len((daemon.workdir / "tokend.out").read_text(errors="replace"))
+    since = daemon.tokend.log.mark()
     answer = daemon.send(request_line + b"\r\nHost: tokend\r\nConnection: close\r\n\r\n")
     errors = [line for line in new_log_lines(daemon, since) if '"level": "error"' in line]
     assert 400 <= answer.status < 500, (answer.status, answer.body[:200])
@@ -415,7 +335,8 @@ def test_a_malformed_request_gets_the_error_shape(daemon: Daemon, request_line: 
 
 def test_the_daemon_is_alive_and_logged_no_request_errors(daemon: Daemon) -> None:
     """After the examples above: still serving, and nothing they sent made tokend log an error."""
-    assert daemon.proc.poll() is None, daemon.output()[-3000:]
+    assert daemon.tokend.proc is not None and daemon.tokend.proc.poll() is None, \
+        daemon.output()[-3000:]
     token = daemon.token()
     assert token["expiresIn"] > 0
     assert daemon.request("GET", "/healthz").status == 200
@@ -424,6 +345,6 @@ def test_the_daemon_is_alive_and_logged_no_request_errors(daemon: Daemon) -> Non
     assert "Traceback" not in output
     errors = [line for line in output.splitlines() if '"level": "error"' in line]
     assert not errors, errors[:3]
-    leaked = [t[:16] + "..." for t in daemon.served_tokens | {PASSWORD} if t in output]
+    leaked = [t[:16] + "..." for t in daemon.served_tokens | {DEFAULT_PASSWORD} if t in output]
     assert not leaked, f"secrets in tokend's output: {leaked}"
 

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.conftest import assert_no_secrets
-from tests.harness import Tokend, eventually
-from tokend.fake_sddc import FakeSddc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.support import Tokend, assert_no_secrets, eventually, free_port
+from tokend.testing.fake_sddc import FakeSddc
 
 
 async def scrape(port: int) -> str:
@@ -34,8 +25,9 @@ async def test_echoed_secrets_never_reach_logs_status_errors_or_metrics(
     fake = upstream.fake
     fake.faults.echo_secrets_in_errors = True
     port = free_port()
-    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, metrics_listen=f"127.0.0.1:{port}",
-                                       target="max_backoff = \"1s\"")
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
+                                       metrics={"listen": f"127.0.0.1:{port}"},
+                                       target={"max_backoff": "1s"})
     seen: list[str] = []
 
     async def collect() -> None:

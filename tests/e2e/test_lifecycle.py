@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.harness import Tokend, Upstream
+from tests.support import Tokend, Upstream
 
 
 async def test_refreshes_before_expiry_with_the_refresh_token(

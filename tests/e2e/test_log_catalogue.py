@@ -9,19 +9,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Tokend, eventually
+from tests.support import Tokend, eventually, write_config
 from tokend.events import CATALOGUE
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+SCENARIO = {"revoke_on_exit": True, "max_login_failures": 2, "max_backoff": "1s"}
 
 
 async def test_every_log_line_of_a_fault_scenario_is_in_the_catalogue(
         make_upstream: Callable[..., Any], make_tokend: Callable[..., Any], workdir: Path) -> None:
     upstream = await make_upstream(access_ttl=4)
     fake = upstream.fake
-    tokend: Tokend = await make_tokend(
-        upstream.url, upstream.ca_pem,
-        target='revoke_on_exit = true\nmax_login_failures = 2\nmax_backoff = "1s"')
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, target=SCENARIO)
     await eventually(lambda: fake.count("refresh", 200) >= 1, 10, what="a refresh")
     fake.faults.fail_next("refresh", 503, count=2)
     await eventually(lambda: fake.count("refresh", 503) >= 2, 10, what="failed refreshes")
@@ -32,11 +31,10 @@ async def test_every_log_line_of_a_fault_scenario_is_in_the_catalogue(
     await eventually(lambda: (tokend.events("login.rejected") or [{}])[-1].get("rejections") == 2,
                      20, what="the lockout guard")
     fake.users[user] = good
-    config = tokend.config_path.read_text()
-    tokend.config_path.write_text(config + "\nbogus = 1\n")
+    write_config(workdir, upstream.url, upstream.ca_pem, target={**SCENARIO, "bogus": 1})
     tokend.signal(signal.SIGHUP)
     await eventually(lambda: tokend.events("config.reload_failed"), 5, what="reload_failed")
-    tokend.config_path.write_text(config)
+    write_config(workdir, upstream.url, upstream.ca_pem, target=SCENARIO)
     tokend.signal(signal.SIGHUP)
     await eventually(lambda: tokend.events("config.reloaded"), 5, what="reloaded")
     await eventually(lambda: fake.count("login", 201) >= 2, 10, what="a login after SIGHUP")

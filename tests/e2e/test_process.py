@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,47 +17,28 @@ from typing import Any
 
 import pytest
 
-from tests.harness import PASSWORD, USER, Tokend, Upstream, eventually, write_config
+from tests.support import (
+    PASSWORD,
+    Tokend,
+    Upstream,
+    assert_no_secrets,
+    assert_one_line_error,
+    clean_env,
+    eventually,
+    run_cli,
+    tokend_argv,
+    write_config,
+)
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test's environment without tokend's own variables, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TOKEND_SOCKET", "TOKEND_CONFIG")}
-    env.update(extra)
-    return env
-
-
-def tokend_cmd(*args: str, env: dict[str, str] | None = None,
-               timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m tokend ARGS`` to completion (blocking: call it through a thread)."""
-    return subprocess.run([sys.executable, "-m", "tokend", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or clean_env(), check=False)
 
 
 async def cli(*args: str, env: dict[str, str] | None = None,
               timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """``tokend ARGS`` in a thread, so the fake upstream in this loop keeps answering."""
-    done = await asyncio.to_thread(tokend_cmd, *args, env=env, timeout=timeout)
+    done = await asyncio.to_thread(run_cli, *args, env=env, timeout=timeout)
     assert PASSWORD not in done.stdout and PASSWORD not in done.stderr, "password printed"
     return done
-
-
-def assert_one_line_error(stderr: str, *names: str) -> None:
-    """An expected failure: one line on stderr naming ``names``, no traceback."""
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.strip("\n").split("\n")
-    assert len(lines) == 1 and lines[0].strip(), stderr
-    assert lines[0].startswith("tokend: "), stderr
-    for name in names:
-        assert name in lines[0], (name, stderr)
-
-
-def no_leaked_tokens(text: str, upstream: Upstream) -> None:
-    fake = upstream.fake
-    for secret in (PASSWORD, *fake.issued_access_tokens, *fake.issued_refresh_ids):
-        assert secret not in text
 
 
 # -- 7 -----------------------------------------------------------------------------------------
@@ -111,7 +91,7 @@ async def test_second_daemon_on_a_live_socket_exits_2(upstream: Upstream, tokend
     assert second.returncode == 2, (second.returncode, second.stderr)
     assert time.monotonic() - started < 10
     assert_one_line_error(second.stderr, str(tokend.socket))
-    no_leaked_tokens(second.stdout + second.stderr, upstream)
+    assert_no_secrets(second.stdout + second.stderr, [upstream.fake], "the second daemon's output")
     # It failed before touching the upstream, and the first daemon is unharmed.
     assert upstream.fake.count("login") == logins
     assert tokend.proc is not None and tokend.proc.poll() is None
@@ -167,7 +147,7 @@ async def test_bad_config_on_sighup_keeps_the_daemon_serving(
     fake = upstream.fake
     token = await tokend.token()
 
-    write_config(workdir, upstream.url, upstream.ca_pem, target="refresh_att = 0.5")
+    write_config(workdir, upstream.url, upstream.ca_pem, target={"refresh_att": 0.5})
     tokend.signal(signal.SIGHUP)
     failed = await eventually(lambda: tokend.events("config.reload_failed"),
                               what="config.reload_failed")
@@ -186,7 +166,7 @@ async def test_bad_config_on_sighup_keeps_the_daemon_serving(
     assert (await tokend.token())["fingerprint"] == token["fingerprint"]
     assert not tokend.events("config.reloaded")
 
-    write_config(workdir, upstream.url, upstream.ca_pem, target="refresh_at = 0.5")
+    write_config(workdir, upstream.url, upstream.ca_pem, target={"refresh_at": 0.5})
     tokend.signal(signal.SIGHUP)
     reloaded = await eventually(lambda: tokend.events("config.reloaded"), what="config.reloaded")
     assert reloaded[0]["kept"] == ["t1"]
@@ -205,59 +185,32 @@ async def test_bad_config_on_sighup_keeps_the_daemon_serving(
 # -- 11 ----------------------------------------------------------------------------------------
 
 
-def config_text(workdir: Path, target_lines: str, server_lines: str = "") -> str:
-    return textwrap.dedent(f"""\
-        [server]
-        socket = "{workdir / 'tokend.sock'}"
-        {server_lines}
+GOOD_URL = "https://127.0.0.1:1"
+LITERAL_PASSWORD = {"password_file": None, "password": PASSWORD}
 
-        [metrics]
-        listen = ""
-
-        [[targets]]
-        name = "t1"
-        {target_lines}
-        """)
-
-
-def write_secret(workdir: Path) -> Path:
-    secret = workdir / "password"
-    secret.touch(mode=0o600)
-    secret.write_text(PASSWORD + "\n")
-    return secret
-
-
-GOOD_URL = 'url = "https://127.0.0.1:1"'
-USER_LINE = f'username = "{USER}"'
-
-BAD_CONFIGS = {
-    # case: (target lines, server lines, config file mode, key path named)
-    "missing url": (f'{USER_LINE}\npassword_file = "{{secret}}"', "", 0o600, "targets[0].url"),
-    "missing secret file": (f'{GOOD_URL}\n{USER_LINE}\npassword_file = "{{workdir}}/absent"', "",
+BAD_CONFIGS: dict[str, tuple[Callable[[Path], dict[str, Any]], int, str]] = {
+    # case: (config overrides for the work directory, config file mode, key path named)
+    "missing url": (lambda _: {"target": {"url": None}}, 0o600, "targets[0].url"),
+    "missing secret file": (lambda workdir: {"target": {"password_file": str(workdir / "absent")}},
                             0o600, "targets[0].password_file"),
-    "unknown key": (f'{GOOD_URL}\n{USER_LINE}\npassword_file = "{{secret}}"\ncolour = "blue"', "",
-                    0o600, "targets[0].colour"),
-    "wrong type": (f'{GOOD_URL}\n{USER_LINE}\npassword_file = "{{secret}}"\n'
-                   "request_timeout = true", "", 0o600, "targets[0].request_timeout"),
-    "wrong type in server": (f'{GOOD_URL}\n{USER_LINE}\npassword_file = "{{secret}}"',
-                             'allowed_uids = "root"', 0o600, "server.allowed_uids"),
-    "non-loopback http url": (f'url = "http://sddc.example.com"\n{USER_LINE}\n'
-                              'password_file = "{secret}"', "", 0o600, "targets[0].url"),
-    "literal password in a readable config": (f'{GOOD_URL}\n{USER_LINE}\npassword = "{PASSWORD}"',
-                                              "", 0o644, "targets[0].password"),
+    "unknown key": (lambda _: {"target": {"colour": "blue"}}, 0o600, "targets[0].colour"),
+    "wrong type": (lambda _: {"target": {"request_timeout": True}}, 0o600,
+                   "targets[0].request_timeout"),
+    "wrong type in server": (lambda _: {"server": {"allowed_uids": "root"}}, 0o600,
+                             "server.allowed_uids"),
+    "non-loopback http url": (lambda _: {"target": {"url": "http://sddc.example.com"}}, 0o600,
+                              "targets[0].url"),
+    "literal password in a readable config": (lambda _: {"target": LITERAL_PASSWORD}, 0o644,
+                                              "targets[0].password"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
 def test_bad_configs_exit_2_naming_the_key(case: str, workdir: Path) -> None:
-    target_lines, server_lines, mode, key = BAD_CONFIGS[case]
-    secret = write_secret(workdir)
-    path = workdir / "config.toml"
-    path.write_text(config_text(workdir, target_lines.format(secret=secret, workdir=workdir),
-                                server_lines))
-    path.chmod(mode)
+    overrides, mode, key = BAD_CONFIGS[case]
+    path = write_config(workdir, GOOD_URL, mode=mode, **overrides(workdir))
     for command in ("run", "check-config"):
-        done = tokend_cmd(command, "--config", str(path), timeout=20)
+        done = run_cli(command, "--config", str(path), timeout=20)
         assert done.returncode == 2, (command, done.returncode, done.stdout, done.stderr)
         assert_one_line_error(done.stderr, key)
         assert done.stderr.startswith(f"tokend: {key}: "), done.stderr
@@ -270,12 +223,11 @@ def test_bad_configs_exit_2_naming_the_key(case: str, workdir: Path) -> None:
 def test_env_secret_that_is_not_utf8_under_the_c_locale_exits_2_naming_the_key(
         command: str, workdir: Path) -> None:
     """SPEC §8.3: the byte 0xE4 (ä in Latin-1) in $TOKEND_E2E_PW under LC_ALL=C."""
-    path = workdir / "config.toml"
-    path.write_text(config_text(workdir, f'{GOOD_URL}\n{USER_LINE}\npassword_env = "TOKEND_E2E_PW"'))
-    path.chmod(0o600)
+    path = write_config(workdir, GOOD_URL,
+                        target={"password_file": None, "password_env": "TOKEND_E2E_PW"})
     env = {os.fsencode(k): os.fsencode(v) for k, v in clean_env().items()}
     env.update({b"LC_ALL": b"C", b"TOKEND_E2E_PW": b"\xe4"})
-    done = subprocess.run([sys.executable, "-m", "tokend", command, "--config", str(path)],
+    done = subprocess.run(tokend_argv(command, "--config", str(path)),
                           capture_output=True, text=True, timeout=20, env=env, check=False)
     assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
     assert_one_line_error(done.stderr, "$TOKEND_E2E_PW", "not valid UTF-8")
@@ -286,10 +238,10 @@ def test_env_secret_that_is_not_utf8_under_the_c_locale_exits_2_naming_the_key(
 
 def test_config_path_from_the_environment_and_a_missing_file(workdir: Path) -> None:
     absent = workdir / "absent.toml"
-    done = tokend_cmd("check-config", env=clean_env(TOKEND_CONFIG=str(absent)))
+    done = run_cli("check-config", env=clean_env(TOKEND_CONFIG=str(absent)))
     assert done.returncode == 2
     assert_one_line_error(done.stderr, str(absent))
-    done = tokend_cmd("run", env=clean_env(TOKEND_CONFIG=str(absent)))
+    done = run_cli("run", env=clean_env(TOKEND_CONFIG=str(absent)))
     assert done.returncode == 2
     assert_one_line_error(done.stderr, str(absent))
 
@@ -297,12 +249,9 @@ def test_config_path_from_the_environment_and_a_missing_file(workdir: Path) -> N
 @pytest.mark.parametrize("source", ["password_file", "password"])
 def test_check_config_on_a_good_config_exits_0_without_printing_the_password(
         source: str, workdir: Path) -> None:
-    secret = write_secret(workdir)
-    value = secret if source == "password_file" else PASSWORD
-    path = workdir / "config.toml"
-    path.write_text(config_text(workdir, f'{GOOD_URL}\n{USER_LINE}\n{source} = "{value}"'))
-    path.chmod(0o600)
-    done = tokend_cmd("check-config", "--config", str(path))
+    path = write_config(workdir, GOOD_URL,
+                        target=LITERAL_PASSWORD if source == "password" else {})
+    done = run_cli("check-config", "--config", str(path))
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert "t1" in done.stdout and "https://127.0.0.1:1" in done.stdout
@@ -320,7 +269,7 @@ async def test_cli_token_header_and_json(make_upstream: Callable[..., Any],
 
     # A worker that starts before tokend waits for it, then gets the token.
     waiting = subprocess.Popen(
-        [sys.executable, "-m", "tokend", "token", "--socket", sock, "--wait", "15s"],
+        tokend_argv("token", "--socket", sock, "--wait", "15s"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
     await asyncio.sleep(1.0)
     assert waiting.poll() is None, waiting.communicate()
@@ -384,7 +333,7 @@ async def test_cli_token_header_and_json(make_upstream: Callable[..., Any],
     assert done.returncode == 2
     assert_one_line_error(done.stderr, "--wait")
 
-    no_leaked_tokens(tokend.stdout() + tokend.stderr(), upstream)
+    assert_no_secrets(tokend.stdout() + tokend.stderr(), [upstream.fake], "tokend's output")
 
 
 # -- 13 ----------------------------------------------------------------------------------------
@@ -413,4 +362,4 @@ async def test_header_form_works_with_curl_against_the_fake_protected_endpoint(
     # Without the header the same request is refused: the token is what let it in.
     done = await asyncio.to_thread(shell, f"{curl} {shlex.quote(domains)}")
     assert done.stdout.rpartition("\n")[2] == "401"
-    no_leaked_tokens(done.stdout + done.stderr, upstream)
+    assert_no_secrets(done.stdout + done.stderr, [upstream.fake], "curl's output")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import textwrap
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness import Tokend, Upstream, eventually
+from tests.support import Tokend, Upstream, eventually, free_port
 
 PROMETHEUS = shutil.which("prometheus")
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "tokend.rules.yml"
@@ -29,14 +28,6 @@ T1 = 'job="tokend",target="t1"'
 
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None, reason="prometheus is not installed (bash .ci/prometheus-setup installs it)")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on at the moment."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Prometheus:
@@ -161,7 +152,7 @@ async def test_prometheus_holds_the_served_tokens_expiry_and_counts_every_refres
     upstream: Upstream = await make_upstream(access_ttl=6)  # served 5 s, refreshed every ~3.5 s
     fake = upstream.fake
     tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                                       metrics_listen=f"127.0.0.1:{metrics_port}")
+                                       metrics={"listen": f"127.0.0.1:{metrics_port}"})
     prom = prometheus
     await _scraped(prom)
 
@@ -219,7 +210,7 @@ async def test_prometheus_shows_upstream_failures_and_the_recovery(
     upstream: Upstream = await make_upstream(access_ttl=6)
     fake = upstream.fake
     tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                                       metrics_listen=f"127.0.0.1:{metrics_port}")
+                                       metrics={"listen": f"127.0.0.1:{metrics_port}"})
     prom = prometheus
     await _scraped(prom)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Tokend
+from tests.support import Tokend
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES_TESTED = REPO / "tests" / "e2e" / "test_examples.py"

@@ -1,38 +1,28 @@
-"""The soak of bench/soak.py, 60 seconds long: 2-second tokens, random upstream faults, consumers.
+"""The soak engine of bench/soak.py, 60 seconds long: 2-second tokens, random upstream faults,
+consumers.
 
-The numbers that must be zero are asserted one by one (their definitions are in bench/soak.py),
-and tokend's RSS may not grow by 10 MB or more. The 15-minute version is ``python bench/soak.py``.
+The numbers that must be zero are asserted one by one (their definitions are in
+``bench/engines/soak``), and tokend's RSS may not grow by 10 MB or more. The 15-minute version is
+``python bench/soak.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-SOAK = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
+from bench.engines.soak import run_soak
+
 SECONDS = 60.0
 MAX_RSS_GROWTH_MB = 10.0
 
 
-def _load_soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tokend_bench_soak", SOAK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 async def test_soak_60_seconds(tmp_path_factory: pytest.TempPathFactory) -> None:
-    soak = _load_soak()
     workdir = tmp_path_factory.mktemp("soak", numbered=True)  # keeps tokend's log for a failure
-    report = await soak.run_soak(SECONDS, rss_interval=30.0, workdir=workdir,
-                                 max_rss_growth_mb=MAX_RSS_GROWTH_MB,
-                                 command=f"run_soak({SECONDS:g}) from {Path(__file__).name}")
+    report = await run_soak(SECONDS, rss_interval=30.0, workdir=workdir,
+                            max_rss_growth_mb=MAX_RSS_GROWTH_MB,
+                            command=f"run_soak({SECONDS:g}) from {Path(__file__).name}")
     text = report.render()
     print(text)
 

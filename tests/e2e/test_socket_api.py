@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness import PASSWORD, Answer, Tokend, Upstream, eventually
+from tests.support import PASSWORD, Answer, Tokend, Upstream, eventually
+from tests.support.peers import peer_python
 from tokend.server import IDLE_TIMEOUT
 
 ISO_Z = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
@@ -222,14 +223,6 @@ print(json.dumps({"data": base64.b64encode(data).decode(), "end": end}))
 """
 
 
-def peer_python() -> str:
-    """A Python interpreter any uid may run (the test's own may live under /root)."""
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3"):
-        if os.path.exists(candidate) and os.stat(candidate).st_mode & 0o001:
-            return candidate
-    pytest.skip("no world-executable python3 to run a peer as another uid")
-
-
 def connect_as(workdir: Path, uid: int, gid: int, groups: list[int], send: bool,
                timeout: float = 5.0) -> tuple[int, dict[str, str], bytes, str]:
     """Connect to ``workdir/tokend.sock`` from a process with these credentials.
@@ -262,7 +255,7 @@ async def test_peer_outside_the_allow_lists_gets_403(
         pytest.skip("needs root to connect as other uids")
     # Root stays listed: the test itself talks to the daemon as root.
     tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                                       server="allowed_uids = [0, 4242]\nallowed_gids = [5555]")
+                                       server={"allowed_uids": [0, 4242], "allowed_gids": [5555]})
     # The socket is made 0600 by the config; open it to every uid so only the allow-lists decide.
     tokend.socket.chmod(0o666)
     workdir.chmod(0o711)
@@ -367,7 +360,8 @@ async def test_status_and_health_endpoints(upstream: Upstream, tokend: Tokend) -
     assert len(document["targets"]) == 1
     status = document["targets"][0]
     assert set(status) == {"name", "url", "state", "expiresAt", "expiresIn", "lastRefreshAt",
-                           "nextRefreshAt", "consecutiveFailures", "lastError"}
+                           "nextRefreshAt", "consecutiveFailures", "lastError", "lockout"}
+    assert status["lockout"] is None  # no rejected login on record
     assert status["name"] == "t1"
     assert status["url"] == upstream.url  # SPEC §10.2: the origin the auth hooks send to
     assert status["state"] == "valid"
@@ -472,7 +466,7 @@ async def test_one_uid_cannot_take_every_connection(
         pytest.skip("needs root to connect as another uid")
     per_uid = 16
     tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                                       server=f"max_connections_per_uid = {per_uid}")
+                                       server={"max_connections_per_uid": per_uid})
     tokend.socket.chmod(0o666)
     workdir.chmod(0o711)
     held: list[socket.socket] = []

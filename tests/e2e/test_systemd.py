@@ -3,54 +3,16 @@ socket activation through Debian's ``systemd-socket-activate``."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.harness import Tokend, eventually, write_config
-
-
-class NotifyListener:
-    """A datagram socket standing in for systemd's ``$NOTIFY_SOCKET``; records what arrives."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.messages: list[tuple[float, str]] = []
-        self.started = time.monotonic()
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._read)
-
-    def _read(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except BlockingIOError:
-                return
-            for line in data.decode().splitlines():
-                self.messages.append((time.monotonic() - self.started, line))
-
-    def first(self, prefix: str) -> float | None:
-        return next((t for t, line in self.messages if line.startswith(prefix)), None)
-
-    def lines(self, prefix: str) -> list[tuple[float, str]]:
-        return [(t, line) for t, line in self.messages if line.startswith(prefix)]
-
-    def close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self.sock.fileno())
-        self.sock.close()
+from tests.support import NotifyListener, Tokend, assert_no_secrets, eventually
+from tokend.testing.fake_sddc import FakeSddc
 
 
 async def start_notified(make_tokend: Callable[..., Any], workdir: Path, url: str, ca: Path,
@@ -109,34 +71,19 @@ async def test_watchdog_pings_at_half_the_interval_while_healthy(
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
                     reason="systemd-socket-activate (Debian package systemd) is not installed")
 async def test_socket_activation_serves_through_the_passed_socket(
-        upstream: Any, workdir: Path, fakes: Any) -> None:
-    config = write_config(workdir, upstream.url, upstream.ca_pem)
+        upstream: Any, make_tokend: Callable[..., Any], workdir: Path,
+        fakes: list[FakeSddc]) -> None:
     sock = workdir / "activated.sock"
-    proc = subprocess.Popen(
-        ["systemd-socket-activate", "-l", str(sock), sys.executable, "-m", "tokend", "run",
-         "--config", str(config)],
-        stdout=open(workdir / "stdout.log", "ab"), stderr=open(workdir / "stderr.log", "ab"))
-    daemon = Tokend(workdir, config, sock)
-    try:
-        await eventually(sock.exists, 10, what="the activation socket")
-
-        async def token() -> bool:
-            try:
-                answer = await daemon.get("/v1/token", timeout=5)
-            except (aiohttp.ClientError, OSError):
-                return False
-            return answer.status == 200
-        await eventually(token, 20, what="a token through the activated socket")
-        # tokend did not create its own socket: the configured path stays unused.
-        assert not (workdir / "tokend.sock").exists()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-    assert proc.returncode == 0, (workdir / "stderr.log").read_text()
-    out = (workdir / "stdout.log").read_text()
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, wait=None, socket=sock,
+                                       prefix=["systemd-socket-activate", "-l", str(sock)])
+    await eventually(sock.exists, 10, what="the activation socket")
+    await tokend.ready(timeout=20)
+    assert (await tokend.get("/v1/token", timeout=5)).status == 200
+    # tokend did not create its own socket: the configured path stays unused.
+    assert not (workdir / "tokend.sock").exists()
+    assert await tokend.stop() == 0, tokend.stderr()
+    out = tokend.stdout()
     assert "daemon.started" in out
-    for fake in fakes:
-        for secret in fake.issued_access_tokens:
-            assert secret not in out
+    assert_no_secrets(out, fakes, "stdout")
     # socket_mode is set in the config, but the activated socket is the unit's business.
     assert '"event": "config.ignored"' in out

@@ -22,8 +22,8 @@ from typing import Any
 import trustme
 from aiohttp import web
 
-from tests.harness import PASSWORD, TLS, Tokend, Upstream, eventually
-from tokend.fake_sddc import CallRecord, FakeSddc
+from tests.support import PASSWORD, TLS, Tokend, Upstream, eventually
+from tokend.testing.fake_sddc import CallRecord, FakeSddc
 
 MakeUpstream = Callable[..., Awaitable[Upstream]]
 MakeTokend = Callable[..., Awaitable[Tokend]]
@@ -32,7 +32,7 @@ WRONG_PASSWORD = "Not-the-Passw0rd-for-tests!"
 REFERENCE_TOKEN = re.compile(r"[A-Z0-9]{6}")
 # The first refresh early in a token's life: room for retries before expiry, and every token is still
 # served for a second or more when its refresh starts (so a consumer never sees expiresIn 0).
-EARLY_REFRESH = "refresh_at = 0.3\njitter = 0.02"
+EARLY_REFRESH = {"refresh_at": 0.3, "jitter": 0.02}
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -108,9 +108,9 @@ async def lock_out(make_upstream: MakeUpstream, make_tokend: MakeTokend,
     upstream = await make_upstream()
     fake = upstream.fake
     write_password(workdir, WRONG_PASSWORD)
-    # login_retry_interval = "1s" comes with the harness config.
+    # login_retry_interval = "1s" comes with the base config.
     tokend = await make_tokend(upstream.url, upstream.ca_pem, wait="listening",
-                               target="max_login_failures = 3")
+                               target={"max_login_failures": 3})
 
     async def locked() -> bool:
         return fake.count("login") >= 3 and await in_state(tokend, "credentials_rejected")
@@ -254,7 +254,7 @@ async def test_status_reports_upstream_error_fields(
     # (a tenth of the remaining life), so the error stays visible for 3 s before the retry.
     upstream = await make_upstream(access_ttl=60)
     fake = upstream.fake
-    tokend = await make_tokend(upstream.url, upstream.ca_pem, target="refresh_at = 0.05\njitter = 0.01")
+    tokend = await make_tokend(upstream.url, upstream.ca_pem, target={"refresh_at": 0.05, "jitter": 0.01})
     body = {"errorCode": "X_Y", "message": "m", "remediationMessage": "do z",
             "referenceToken": "ABC123"}
     fake.faults.fail_next("refresh", 503, body=body, headers={"Retry-After": "3"})
@@ -402,7 +402,7 @@ async def test_pinned_fingerprint_is_trusted_without_a_ca(
         upstream: Upstream, make_tokend: MakeTokend, tls: TLS) -> None:
     wrong = "sha256:" + ":".join(["AB"] * 32)
     tokend = await make_tokend(upstream.url, None,
-                               target=f'tls_fingerprint = ["{wrong}", "{leaf_pin(tls)}"]')
+                               target={"tls_fingerprint": [wrong, leaf_pin(tls)]})
     await check_served(tokend, upstream.fake)
     assert upstream.fake.count("login", 201) == 1
 
@@ -411,7 +411,7 @@ async def test_wrong_pin_reports_the_presented_fingerprint(
         upstream: Upstream, make_tokend: MakeTokend, tls: TLS) -> None:
     wrong = "sha256:" + ":".join(["AB"] * 32)
     tokend = await make_tokend(upstream.url, None, wait="listening",
-                               target=f'tls_fingerprint = ["{wrong}"]')
+                               target={"tls_fingerprint": [wrong]})
 
     error = await eventually(lambda: last_error(tokend), timeout=10, what="lastError")
     assert error["errorCode"] == "TLS_ERROR", error

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Answer, Tokend, Upstream, eventually, write_config
+from tests.support import USER, Answer, Tokend, Upstream, eventually, write_config
 
 ZERO_FP = "sha256:" + "0" * 64
 
@@ -123,23 +123,17 @@ async def test_sigterm_answers_held_watches_with_503_at_once(tokend: Tokend) -> 
 
 async def test_a_reload_that_replaces_or_removes_the_target_answers_held_watches_with_404(
         upstream: Upstream, make_tokend: Callable[..., Any], workdir: Path) -> None:
-    two = f"""
-        [[targets]]
-        name = "t2"
-        url = "{upstream.url}"
-        username = "administrator@vsphere.local"
-        password_file = "{workdir / 'password'}"
-        ca_file = "{upstream.ca_pem}"
-        """
-    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, extra_targets=two,
-                                       server='default_target = "t1"')
+    two = {"name": "t2", "url": upstream.url, "username": USER,
+           "password_file": str(workdir / "password"), "ca_file": str(upstream.ca_pem)}
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem, extra_targets=[two],
+                                       server={"default_target": "t1"})
     fp1 = (await tokend.token("/v1/targets/t1/token"))["fingerprint"]
     fp2 = (await tokend.token("/v1/targets/t2/token"))["fingerprint"]
     on_t1 = await held(tokend, watch_path(fp1, 120))
     on_t2 = await held(tokend, watch_path(fp2, 120, "/v1/targets/t2/token"))
     # t1 is replaced (a new request_timeout is a new connection), t2 is removed.
-    write_config(workdir, upstream.url, upstream.ca_pem, server='default_target = "t1"',
-                 settings={"request_timeout": '"4s"'})
+    write_config(workdir, upstream.url, upstream.ca_pem, server={"default_target": "t1"},
+                 target={"request_timeout": "4s"})
     tokend.signal(signal.SIGHUP)
     for task in (on_t1, on_t2):
         body = assert_error(await asyncio.wait_for(task, 10), 404, "TARGET_NOT_FOUND")
@@ -154,7 +148,7 @@ async def test_a_reload_that_replaces_or_removes_the_target_answers_held_watches
 async def test_held_watches_count_against_the_connection_limit(
         upstream: Upstream, make_tokend: Callable[..., Any]) -> None:
     tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                                       server="max_connections_per_uid = 4")
+                                       server={"max_connections_per_uid": 4})
     fp = (await tokend.token())["fingerprint"]
     tasks = [await held(tokend, watch_path(fp, 120), 0) for _ in range(4)]
     await asyncio.sleep(0.5)

@@ -7,7 +7,7 @@ from typing import Any
 
 from openapi_core import OpenAPI
 
-from tests.harness import Tokend, eventually
+from tests.support import Tokend, eventually
 from tests.test_fake_sddc import SPEC_PATH, spec_request
 
 
@@ -16,7 +16,7 @@ async def test_every_request_tokend_sends_is_valid_against_the_vendor_spec(
     upstream = await make_upstream(access_ttl=3)
     fake = upstream.fake
     tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                                       target="revoke_on_exit = true")
+                                       target={"revoke_on_exit": True})
     await eventually(lambda: fake.count("refresh", 200) >= 1, 10, what="a refresh")
     assert await tokend.stop() == 0
     operations = {c.operation for c in fake.calls}

@@ -2,7 +2,8 @@
 
 One job a module: :mod:`~tokend.config.model` (the dataclasses and their defaults),
 :mod:`~tokend.config.keys` (which keys each table may hold), :mod:`~tokend.config.load` (the file
-and its top-level tables), :mod:`~tokend.config.target` (one ``[[targets]]`` table) and
+and its top-level tables), :mod:`~tokend.config.target` (one ``[[targets]]`` table),
+:mod:`~tokend.config.proxy` (the ``[[proxies]]`` tables) and
 :mod:`~tokend.config.describe` (what ``tokend check-config`` prints). The typed values they read
 (durations, modes, paths, pins) are in :mod:`tokend.values`, which the command line shares without
 importing this package. The names below are the public ones.
@@ -16,6 +17,7 @@ from tokend.config.keys import (
     LOG_KEYS,
     METRICS_KEYS,
     PASSWORD_KEYS,
+    PROXY_KEYS,
     SECRET_KEYS,
     SERVER_KEYS,
     TARGET_KEYS,
@@ -31,6 +33,7 @@ from tokend.config.model import (
     LogConfig,
     MetricsConfig,
     PolicyConfig,
+    ProxyConfig,
     ServerConfig,
     TargetConfig,
 )
@@ -45,6 +48,7 @@ __all__ = [
     "LOG_LEVELS",
     "METRICS_KEYS",
     "PASSWORD_KEYS",
+    "PROXY_KEYS",
     "SECRET_KEYS",
     "SERVER_KEYS",
     "SINK_FORMATS",
@@ -55,6 +59,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "PolicyConfig",
+    "ProxyConfig",
     "ServerConfig",
     "TargetConfig",
     "check_secrets",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokend.config.model import Config, TargetConfig
+from tokend.config.model import Config, ProxyConfig, TargetConfig
 from tokend.values import format_duration
 
 
@@ -19,6 +19,9 @@ def describe(config: Config) -> list[str]:
         lines.append(f"allowed peers: uids {uids}; gids {gids} (a peer in either list is let in)")
     else:
         lines.append("allowed peers: anyone who can open the socket (allow-lists are empty)")
+    lines.append(f"connections: at most {server.max_connections} on the Unix sockets together,"
+                 f" {server.max_connections_per_uid} per uid")
+    lines.append(f"state directory: {server.state_dir}")
     if config.metrics.host is None:
         lines.append("metrics: disabled")
     else:
@@ -29,6 +32,42 @@ def describe(config: Config) -> list[str]:
     for t in config.targets:
         lines.append(f"target {t.name}:")
         lines.extend(f"  {line}" for line in _describe_target(t))
+    if not config.proxies:
+        lines.append("proxies: none")
+    for proxy in config.proxies:
+        lines.append(f"proxy for target {proxy.target}:")
+        lines.extend(f"  {line}" for line in _describe_proxy(proxy, config))
+    return lines
+
+
+def _describe_proxy(p: ProxyConfig, config: Config) -> list[str]:
+    lines = []
+    if p.socket is not None:
+        group = f", group {p.socket_group}" if p.socket_group else ""
+        lines.append(f"socket: {p.socket} (mode {p.socket_mode:04o}{group}); forwards any"
+                     " SDDC Manager API call with tokend's token")
+        if (p.allowed_uids, p.allowed_gids) == (config.server.allowed_uids,
+                                                config.server.allowed_gids):
+            whose = " (the [server] lists)"
+        else:
+            whose = ""
+        if p.allowed_uids or p.allowed_gids:
+            uids = ", ".join(str(u) for u in sorted(p.allowed_uids)) or "none"
+            gids = ", ".join(str(g) for g in sorted(p.allowed_gids)) or "none"
+            lines.append(f"allowed peers: uids {uids}; gids {gids}{whose}")
+        else:
+            lines.append(f"allowed peers: anyone who can open the socket{whose}")
+    if p.listen is not None:
+        tls = (f"certificate {p.tls_cert_file}, key {p.tls_key_file}" if p.tls_cert_file
+               else "a certificate tokend generates under the state directory"
+               + (f" (also for {', '.join(p.tls_names)})" if p.tls_names else ""))
+        lines.append(f"listen: https://{_host_port(*p.listen)} ({tls}); logins against"
+                     f" {p.users_file}")
+    key = p.session_key_file or "a key tokend generates under the state directory"
+    lines.append(f"local tokens: signed with {key}, access tokens live"
+                 f" {format_duration(p.local_token_lifetime)}")
+    lines.append(f"upstream: at most {p.max_upstream_connections} connections; response headers"
+                 f" within {format_duration(p.response_timeout)}")
     return lines
 
 

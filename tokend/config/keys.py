@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 
 from tokend.errors import ConfigError
 
-TOP_KEYS = ("server", "metrics", "log", "targets")
+TOP_KEYS = ("server", "metrics", "log", "targets", "proxies")
 SERVER_KEYS = ("socket", "socket_mode", "socket_group", "allowed_uids", "allowed_gids",
-               "default_target", "max_connections", "max_connections_per_uid")
+               "default_target", "state_dir", "max_connections", "max_connections_per_uid")
 METRICS_KEYS = ("listen",)
 LOG_KEYS = ("level", "format")
 PASSWORD_KEYS = ("password_file", "password_env", "password_credential", "password")
@@ -26,6 +26,10 @@ TARGET_KEYS = ("name", "url", "username", *SECRET_KEYS, "ca_file", "tls_fingerpr
                "max_login_failures", "login_retry_interval", "revoke_on_exit", "file_sink",
                "max_token_lifetime")
 FILE_SINK_KEYS = ("path", "mode", "group", "format", "keep_on_exit")
+PROXY_KEYS = ("target", "socket", "socket_mode", "socket_group", "allowed_uids", "allowed_gids",
+              "listen", "tls_cert_file", "tls_key_file", "tls_names", "users_file",
+              "session_key_file", "local_token_lifetime", "max_upstream_connections",
+              "response_timeout")
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 

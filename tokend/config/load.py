@@ -7,9 +7,7 @@ targets. Every error names its key path and the fix.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -26,6 +24,7 @@ from tokend.config.model import (
     ServerConfig,
     TargetConfig,
 )
+from tokend.config.proxy import MAX_SOCKET_PATH, parse_proxies
 from tokend.config.target import parse_target
 from tokend.errors import ConfigError
 from tokend.secrets import read_secret
@@ -33,6 +32,7 @@ from tokend.values import (
     as_abs_path,
     as_choice,
     as_group_name,
+    as_host_port,
     as_id_set,
     as_int,
     as_mode,
@@ -41,13 +41,8 @@ from tokend.values import (
     type_name,
 )
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-# The longest a Unix socket path can be (sun_path is 108 bytes including the terminating NUL).
-_MAX_SOCKET_PATH = 107
-# Connections are file descriptors: beyond this, the limit is a typo (tokend raises its own
-# RLIMIT_NOFILE soft limit to fit max_connections, up to the hard limit).
-MAX_CONNECTIONS_LIMIT = 1_000_000
+# A connection limit beyond this is a typo, not a plan (each connection is a file descriptor).
+_MAX_CONNECTIONS_LIMIT = 1_000_000
 
 
 def load_config(path: str | Path) -> Config:
@@ -90,12 +85,14 @@ def parse_config(data: Mapping[str, object], path: Path, *, file_mode: int) -> C
     check_keys(metrics_data, "metrics", METRICS_KEYS)
     check_keys(log_data, "log", LOG_KEYS)
     targets = _targets(data.get("targets"), path, file_mode)
+    server = _server(server_data, targets)
     return Config(
         path=path,
         targets=targets,
-        server=_server(server_data, targets),
+        server=server,
         metrics=_metrics(metrics_data),
         log=_log(log_data),
+        proxies=parse_proxies(data.get("proxies"), server, targets),
     )
 
 
@@ -117,9 +114,9 @@ def _server(data: Mapping[str, object], targets: Sequence[TargetConfig]) -> Serv
     socket = ServerConfig.socket
     if "socket" in data:
         socket = as_abs_path(data["socket"], "server.socket")
-        if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
+        if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
             raise ConfigError(
-                "server.socket", f"longer than {_MAX_SOCKET_PATH} bytes, the limit of a Unix socket",
+                "server.socket", f"longer than {MAX_SOCKET_PATH} bytes, the limit of a Unix socket",
                 "use a shorter path, e.g. /run/tokend/tokend.sock",
             )
     socket_mode = as_mode(data["socket_mode"], "server.socket_mode") if "socket_mode" in data \
@@ -138,64 +135,50 @@ def _server(data: Mapping[str, object], targets: Sequence[TargetConfig]) -> Serv
     elif len(targets) > 1:
         raise ConfigError("server.default_target", "required when there are two or more targets",
                           f"set it to one of {quoted(names)}")
-    total = _limit(data, "max_connections", ServerConfig.max_connections)
+    max_connections = _limit(data, "max_connections", ServerConfig.max_connections)
     per_uid = _limit(data, "max_connections_per_uid", ServerConfig.max_connections_per_uid)
-    if per_uid > total:
+    if per_uid > max_connections:
         raise ConfigError("server.max_connections_per_uid",
-                          f"{per_uid} is more than server.max_connections ({total})",
-                          "make it at most max_connections")
+                          f"{per_uid} is more than server.max_connections ({max_connections})",
+                          "lower it, or raise server.max_connections")
     return ServerConfig(
         socket=socket, socket_mode=socket_mode, socket_group=group, allowed_uids=uids,
-        allowed_gids=gids, default_target=default, max_connections=total,
-        max_connections_per_uid=per_uid,
+        allowed_gids=gids, default_target=default,
         socket_mode_set="socket_mode" in data or "socket_group" in data,
+        state_dir=_state_dir(data), max_connections=max_connections,
+        max_connections_per_uid=per_uid,
     )
 
 
+def _state_dir(data: Mapping[str, object]) -> Path:
+    """``state_dir``; else systemd's ``$STATE_DIRECTORY`` (its first entry); else the default."""
+    if "state_dir" in data:
+        return as_abs_path(data["state_dir"], "server.state_dir")
+    from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if from_systemd.startswith("/") and "\0" not in from_systemd:
+        return Path(from_systemd.rstrip("/") or "/")
+    return ServerConfig.state_dir
+
+
 def _limit(data: Mapping[str, object], name: str, default: int) -> int:
-    """A connection limit of [server]: a whole number from 1 to MAX_CONNECTIONS_LIMIT."""
-    value = as_int(data.get(name, default), f"server.{name}")
-    if not 1 <= value <= MAX_CONNECTIONS_LIMIT:
-        raise ConfigError(f"server.{name}", f"{value} is not between 1 and {MAX_CONNECTIONS_LIMIT}",
-                          f"use a number of connections from 1 to {MAX_CONNECTIONS_LIMIT}")
+    key = f"server.{name}"
+    if name not in data:
+        return default
+    value = as_int(data[name], key)
+    if not 1 <= value <= _MAX_CONNECTIONS_LIMIT:
+        raise ConfigError(key, f"{value} is not between 1 and {_MAX_CONNECTIONS_LIMIT}",
+                          f"use a number of connections, e.g. {default}")
     return value
 
 
 def _metrics(data: Mapping[str, object]) -> MetricsConfig:
     if "listen" not in data:
         return MetricsConfig()
-    key = "metrics.listen"
-    listen = as_string(data["listen"], key)
-    if listen == "":
-        return MetricsConfig(host=None)
     fix = 'write HOST:PORT, e.g. "127.0.0.1:9464" or "[::1]:9464"; "" disables metrics'
-    if listen.startswith("["):
-        host, sep, port_text = listen[1:].partition("]:")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError(key, f"{listen!r} is not [IPV6]:PORT", fix) from None
-        if not sep:
-            raise ConfigError(key, f"{listen!r} has no port", fix)
-    else:
-        host, sep, port_text = listen.rpartition(":")
-        if not sep or not host:
-            raise ConfigError(key, f"{listen!r} is not HOST:PORT", fix)
-        if ":" in host:
-            raise ConfigError(key, f"{listen!r}: an IPv6 address needs brackets", fix)
-        if not _is_ip(host) and not _HOSTNAME_RE.fullmatch(host):
-            raise ConfigError(key, f"{host!r} is not a host name or IP address", fix)
-    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
-        raise ConfigError(key, f"{port_text!r} is not a port number (0 to 65535)", fix)
-    return MetricsConfig(host=host, port=int(port_text))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    address = as_host_port(data["listen"], "metrics.listen", fix)
+    if address is None:
+        return MetricsConfig(host=None)
+    return MetricsConfig(host=address[0], port=address[1])
 
 
 def _log(data: Mapping[str, object]) -> LogConfig:

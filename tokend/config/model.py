@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from tokend import DEFAULT_SOCKET
+from tokend import DEFAULT_SOCKET, DEFAULT_STATE_DIR
 from tokend.secrets import SecretSource
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -101,9 +101,42 @@ class ServerConfig:
     allowed_uids: frozenset[int] = frozenset()
     allowed_gids: frozenset[int] = frozenset()
     default_target: str | None = None
-    max_connections: int = 4096  # open connections in all (SPEC §8)
-    max_connections_per_uid: int = 1024  # open connections of one uid
     socket_mode_set: bool = False  # whether the file set it (a warning under socket activation)
+    state_dir: Path = Path(DEFAULT_STATE_DIR)  # or $STATE_DIRECTORY under systemd (SPEC §9)
+    # Open connections on all Unix sockets together, and of one uid (SPEC §8): one uid cannot starve
+    # another, nor tokend of descriptors; RLIMIT_NOFILE is raised to fit them at start.
+    max_connections: int = 4096
+    max_connections_per_uid: int = 1024
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """One ``[[proxies]]`` table: a Unix socket (and later a TCP listener) forwarding to a target.
+
+    The allow-lists are resolved at load: absent ones are the ``[server]`` lists.
+    """
+
+    index: int  # the position in the file, for key paths (``proxies[0].socket``)
+    target: str
+    socket: Path | None = None
+    socket_mode: int = ServerConfig.socket_mode
+    socket_group: str | None = None
+    allowed_uids: frozenset[int] = frozenset()
+    allowed_gids: frozenset[int] = frozenset()
+    listen: tuple[str, int] | None = None  # HTTPS over TCP (host, port), wired by the facade
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_names: tuple[str, ...] = ()
+    users_file: Path | None = None
+    session_key_file: Path | None = None
+    local_token_lifetime: float = 3600.0  # at least 25 minutes
+    max_upstream_connections: int = 64
+    response_timeout: float = 300.0
+    socket_mode_set: bool = False  # whether the file set it (a warning under socket activation)
+
+    def key(self, name: str) -> str:
+        """The config key path of this proxy's ``name``, e.g. ``proxies[0].socket``, for errors."""
+        return f"proxies[{self.index}].{name}"
 
 
 @dataclass(frozen=True)
@@ -131,6 +164,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    proxies: tuple[ProxyConfig, ...] = ()
 
     @property
     def default_target(self) -> str:

@@ -4,7 +4,6 @@ TLS is verified, its refresh policy and its file sink. Every error names the key
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +25,7 @@ from tokend.values import (
     as_number,
     as_string,
     format_duration,
+    is_loopback,
     normalise_fingerprint,
     parse_duration,
     type_name,
@@ -153,18 +153,9 @@ def _url(value: object, key: str) -> str:
         raise ConfigError(key, "must not have a query or fragment", "remove the '?...' or '#...'")
     if port == 0:
         raise ConfigError(key, "port 0 is not a valid port", "remove the port or fix it")
-    if scheme == "http" and not _is_loopback(host):
+    if scheme == "http" and not is_loopback(host):
         raise ConfigError(key, "http:// is only allowed for a loopback host", "use https://")
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _secret_source(

@@ -1,0 +1,1 @@
+"""Benchmark and soak of tokend (see README.md here)."""

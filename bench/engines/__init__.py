@@ -1,0 +1,1 @@
+"""The benchmark engines behind ``bench/serve.py`` and ``bench/soak.py``."""
