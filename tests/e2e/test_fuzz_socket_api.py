@@ -39,7 +39,7 @@ JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 TOKEN_KEYS = {"target", "tokenType", "accessToken", "expiresAt", "expiresIn", "upstreamExp",
               "fingerprint"}
 STATUS_KEYS = {"name", "url", "state", "expiresAt", "expiresIn", "lastRefreshAt", "nextRefreshAt",
-               "consecutiveFailures", "lastError"}
+               "consecutiveFailures", "lastError", "lockout"}
 SERVED_503 = {"TOKEN_UNAVAILABLE", "TOKEN_BELOW_MIN_TTL"}
 
 
