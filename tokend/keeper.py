@@ -133,6 +133,8 @@ class Keeper:
         self._busy_since: float | None = None
         self._wake = asyncio.Event()
         self._token_changed = asyncio.Event()
+        self._news: asyncio.Future[None] | None = None  # created when first asked for (news())
+        self.retired = False  # stopped: removed or replaced by a reload, or tokend is stopping
         self._task: asyncio.Task[None] | None = None
 
     # -- life -----------------------------------------------------------------------------------
@@ -143,6 +145,8 @@ class Keeper:
 
     async def stop(self, revoke: bool) -> None:
         """Stop the task; revoke the refresh token if asked; close the HTTP session."""
+        self.retired = True
+        self._announce()  # held watches learn at once that this keeper is going
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -204,6 +208,7 @@ class Keeper:
         last_at = self.policy.last_token_at
         return {
             "name": self.name,
+            "url": self.target.url,
             "state": self.policy.state(now),
             "expiresAt": iso_utc(served.expires_wall) if served else None,
             "expiresIn": served.expires_in(now) if served else None,
@@ -213,6 +218,31 @@ class Keeper:
             "lastError": self.last_error(now, wall),
             "lockout": self._lockout(wall),
         }
+
+    def news(self) -> asyncio.Future[None]:
+        """A future resolved at this keeper's next publish, withdraw or retire (SPEC §10.1).
+
+        One future shared by every waiter, however many (:class:`tokend.watch.Watches` puts one
+        callback on it for all its watches): never cancel it, nor await it from a task that may be
+        cancelled. Once the keeper is retired it is resolved.
+        """
+        news = self._news
+        if news is None:
+            news = self._news = asyncio.get_running_loop().create_future()
+            if self.retired:
+                news.set_result(None)
+        return news
+
+    def _announce(self) -> None:
+        """Wake everyone waiting on :meth:`news`; the next caller gets a fresh future."""
+        news = self._news
+        if self.retired:
+            if news is not None and not news.done():
+                news.set_result(None)
+            return  # stays resolved: a watch that starts now must not wait
+        self._news = None
+        if news is not None and not news.done():
+            news.set_result(None)
 
     def _lockout(self, wall: float) -> dict[str, Any] | None:
         """The recorded rejections of this target that outlive a restart (SPEC §8.9), or None."""
@@ -327,6 +357,7 @@ class Keeper:
                     self.metrics.valid.set(0)
                     if self.sink is not None:
                         self._sink_remove()  # never leave an expired token behind
+                    self._announce()
                 case Log(level, event, fields):
                     getattr(self.log, level)(event, **fields)
                 case StateChanged(old, new):
@@ -429,6 +460,7 @@ class Keeper:
             self._sink_write(token, now)
         self._token_changed.set()
         self._token_changed = asyncio.Event()
+        self._announce()
 
     async def _check_secret(self, login: bool) -> None:
         """Read the secret for a login, or every 30 s when its source changed; TLS material too."""
