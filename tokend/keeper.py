@@ -35,13 +35,13 @@ from tokend.jwtinfo import JWT_PATTERN, fingerprint
 from tokend.ledger import Ledger
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import TargetMetrics
+from tokend.names import ErrorCode, KeeperCall
 from tokend.schedule import (
     Call,
     CheckSecret,
     Effect,
     HeldToken,
     Log,
-    Operation,
     Publish,
     RefreshPolicy,
     Revoke,
@@ -84,7 +84,7 @@ class TokenSource(Protocol):
 class ServeError(TokendError):
     """A token request that cannot be answered with a token; rendered as an Error body."""
 
-    def __init__(self, status: int, code: str, message: str, remediation: str = "",
+    def __init__(self, status: int, code: ErrorCode, message: str, remediation: str = "",
                  reference_token: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -430,7 +430,7 @@ class Keeper:
             raise AssertionError("a refresh without a refresh id")
         return await self.client.refresh(call.refresh_id)
 
-    async def _failed(self, operation: Operation, error: UpstreamError,
+    async def _failed(self, operation: KeeperCall, error: UpstreamError,
                       duration: float | None) -> None:
         if error.issued_refresh_id is not None:
             REDACTOR.register(error.issued_refresh_id)

@@ -57,6 +57,7 @@ from tokend.errors import (
     UpstreamError,
 )
 from tokend.jwtinfo import Claims
+from tokend.names import KeeperCall
 
 FIRST_RETRY = 1.0
 NO_TOKEN_BACKOFF_CAP = 30.0
@@ -68,7 +69,6 @@ MIN_REFRESH_INTERVAL = 1.0
 NO_CLAIMS_MARGIN = 60.0
 SECRET_CHECK_INTERVAL = 30.0
 
-Operation = Literal["login", "refresh"]
 State = Literal["starting", "valid", "refreshing", "degraded", "expired", "credentials_rejected"]
 STATES: tuple[State, ...] = (
     "starting", "valid", "refreshing", "degraded", "expired", "credentials_rejected",
@@ -209,7 +209,7 @@ class Action:
 class Call:
     """Make this upstream call now, then report :meth:`RefreshPolicy.on_token` or ``on_failure``."""
 
-    operation: Operation
+    operation: KeeperCall
     refresh_id: str | None  # for a refresh
 
 
@@ -290,7 +290,7 @@ class RefreshPolicy:
         self.failures = 0
         self.transient_refresh_failures = 0
         self.attempted = False
-        self.in_flight: Operation | None = None
+        self.in_flight: KeeperCall | None = None
         self.secret_digest: str | None = None
         self.last_failure: Failure | None = None
         self.last_token_at: float | None = None  # monotonic instant the last token arrived
@@ -421,7 +421,7 @@ class RefreshPolicy:
         """When the served token must be withdrawn (monotonic), if one is served."""
         return None if self._published is None else self._published.expires_at
 
-    def on_token(self, now: float, token: HeldToken, operation: Operation,
+    def on_token(self, now: float, token: HeldToken, operation: KeeperCall,
                  refresh_id: str | None = None, duration: float | None = None) -> list[Effect]:
         """A call succeeded with an admitted ``token``; a login also brings its refresh id, if any."""
         previous = self.token
@@ -457,7 +457,7 @@ class RefreshPolicy:
         })
         return [Publish(token), log, *self._state_effects(now)]
 
-    def on_failure(self, now: float, operation: Operation, error: UpstreamError) -> list[Effect]:
+    def on_failure(self, now: float, operation: KeeperCall, error: UpstreamError) -> list[Effect]:
         """A call failed (or could not be made): count it, schedule the retry."""
         effects: list[Effect] = []
         self.in_flight = None
@@ -615,7 +615,7 @@ class RefreshPolicy:
                           " longer refresh until the next scheduled refresh or SIGHUP"}))
         return effects
 
-    def _failure_log(self, now: float, operation: Operation, error: UpstreamError) -> Log:
+    def _failure_log(self, now: float, operation: KeeperCall, error: UpstreamError) -> Log:
         action = self.next_action(now)
         token = self.valid_token(now)
         fields: dict[str, Any] = {

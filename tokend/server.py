@@ -25,6 +25,7 @@ from tokend.errbody import error_body, error_response, raw_http_error
 from tokend.keeper import Keeper, ServeError
 from tokend.logs import get_logger
 from tokend.metrics import Metrics
+from tokend.names import ERROR_OUTCOME, RequestOutcome
 from tokend.peers import Peer, admits, denial_message, peer_of
 from tokend.watch import Watches, parse_after, parse_wait
 
@@ -109,9 +110,7 @@ def _api(hub: Hub, method: str, route: Route) -> Callable[[web.Request], Awaitab
         try:
             return await route(request, hub)
         except ServeError as err:
-            outcome = _OUTCOME.get(err.code)
-            if outcome is not None:
-                counts[outcome] += 1
+            counts[ERROR_OUTCOME[err.code]] += 1
             return error_response(err.status, err.code, err.message, err.remediation,
                                   err.reference_token, err.retry_after)
         except web.HTTPException as exc:  # 413 from reading an oversized body
@@ -122,11 +121,6 @@ def _api(hub: Hub, method: str, route: Route) -> Callable[[web.Request], Awaitab
             return error_response(exc.status, code, exc.reason)
 
     return handle
-
-
-_OUTCOME = {"TOKEN_UNAVAILABLE": "unavailable", "TOKEN_BELOW_MIN_TTL": "below_min_ttl",
-            "TARGET_NOT_FOUND": "not_found", "NOT_FOUND": "not_found",
-            "BAD_REQUEST": "bad_request"}
 
 
 async def _not_found(request: web.Request, hub: Hub) -> web.Response:
@@ -306,7 +300,7 @@ class PeerGate:
         """The message and remediation of the 403 a denied ``peer`` gets."""
         return denial_message(peer)
 
-    def count(self, outcome: str) -> None:
+    def count(self, outcome: RequestOutcome) -> None:
         """Count a request answered at the door: ``forbidden``, ``unavailable`` or ``bad_request``."""
         self.hub.metrics.requests.counts[outcome] += 1
 
