@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from tokend.clock import Clock, SystemClock
 from tokend.config import TargetConfig
+from tokend.effects import Call, CheckSecret, Effect, Log, Publish, Revoke, Sleep, StateChanged, Withdraw
 from tokend.errors import (
     ConfigError,
     CredentialsRejected,
@@ -31,28 +32,13 @@ from tokend.errors import (
     UpstreamError,
 )
 from tokend.filesink import TokenFile
+from tokend.held import HeldToken, admit, iso_utc
 from tokend.jwtinfo import JWT_PATTERN, fingerprint
 from tokend.ledger import Ledger
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import TargetMetrics
-from tokend.names import ErrorCode, KeeperCall
-from tokend.schedule import (
-    Call,
-    CheckSecret,
-    Effect,
-    HeldToken,
-    Log,
-    Publish,
-    RefreshPolicy,
-    Revoke,
-    Sleep,
-    State,
-    StateChanged,
-    Withdraw,
-    admit,
-    iso_utc,
-    remediation,
-)
+from tokend.names import ErrorCode, KeeperCall, State
+from tokend.schedule import RefreshPolicy, remediation
 from tokend.secrets import Secret, read_secret, secret_stamp
 from tokend.upstream import Issued, UpstreamClient
 

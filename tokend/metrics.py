@@ -16,13 +16,14 @@ from tokend.names import (
     PROXY_LOGIN_OUTCOMES,
     PROXY_OUTCOMES,
     REQUEST_OUTCOMES,
+    STATES,
     UPSTREAM_OUTCOMES,
     Operation,
     ProxyLoginOutcome,
     ProxyOutcome,
+    State,
     UpstreamOutcome,
 )
-from tokend.schedule import STATES, State
 
 UPSTREAM_OPERATIONS = OPERATIONS
 TOKEN_REQUEST_OUTCOMES = REQUEST_OUTCOMES

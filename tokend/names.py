@@ -60,3 +60,9 @@ PROXY_OUTCOMES: tuple[ProxyOutcome, ...] = get_args(ProxyOutcome)
 #: ``tokend_proxy_logins_total{outcome}``.
 ProxyLoginOutcome = Literal["success", "rejected", "rate_limited"]
 PROXY_LOGIN_OUTCOMES: tuple[ProxyLoginOutcome, ...] = get_args(ProxyLoginOutcome)
+
+#: The target states of SPEC §4.
+State = Literal["starting", "valid", "refreshing", "degraded", "expired", "credentials_rejected"]
+STATES: tuple[State, ...] = (
+    "starting", "valid", "refreshing", "degraded", "expired", "credentials_rejected",
+)
