@@ -40,10 +40,10 @@ from tokend.ledger import Ledger
 from tokend.listen import SocketLock, activated_sockets, bind_unix
 from tokend.logs import configure, get_logger
 from tokend.metrics import Metrics, TargetMetrics
+from tokend.names import State
 from tokend.proxy.app import Proxy, descriptors_needed
 from tokend.proxy.forward import Forwarder
 from tokend.proxy.tcp import TcpListener, listener_key
-from tokend.schedule import State
 from tokend.secrets import read_secret
 from tokend.server import (
     IDLE_TIMEOUT,

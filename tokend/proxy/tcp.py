@@ -147,6 +147,12 @@ class TcpHandler(_Handler):
         super().__init__(server, gate)
         self.caller = caller  # read by tokend.proxy.app.caller_of
 
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Free the connection's slot of its address, then let aiohttp clean up."""
+        if self.caller.address is not None and self.transport is not None:
+            self._gate.slots.release_address(self.caller.address, self.transport)
+        super().connection_lost(exc)
+
 
 class _AddressGate(asyncio.Protocol):
     """The first protocol of every TLS connection, once its handshake is done: admits it to
