@@ -463,6 +463,10 @@ async def test_connections_are_limited_per_peer_address(
     assert (await login_from(facaded, "127.0.0.2")).status == 201
     for _, w in held:
         w.close()
+    # Closed connections give their slots back.
+    async def logged_in_again() -> bool:
+        return (await facaded.login()).status == 201
+    await eventually(logged_in_again, 10, what="a connection from 127.0.0.1 again")
     await eventually(lambda: facaded.tokend.events("proxy.connection_limit"), 5,
                      what="proxy.connection_limit")
     assert_catalogued(facaded.tokend)
