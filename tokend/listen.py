@@ -171,9 +171,14 @@ def bind_unix(path: Path, mode: int, group: str | None, backlog: int = 128,
     return sock
 
 
-def bind_tcp(host: str, port: int, key: str, backlog: int = 128) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: one the kernel picks), or ConfigError."""
-    fix = 'choose a free port and an address of this host, or "" to disable'
+METRICS_FIX = 'choose a free port and an address of this host, or "" to disable'
+LISTEN_FIX = "choose a free port and an address of this host, or stop what holds it"
+
+
+def bind_tcp(host: str, port: int, key: str, backlog: int = 128,
+             fix: str = LISTEN_FIX) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: one the kernel picks), or ConfigError
+    naming ``key``: the metrics listener's and each proxy's ``listen`` are bound here."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]

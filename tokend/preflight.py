@@ -10,8 +10,10 @@ daemon's own code asks, in the order the daemon opens things, and creates nothin
 3. each Unix socket, the API's and each proxy's, could be bound with its group
    (:func:`tokend.listen.check_socket_path`): the directory exists and is writable, no other
    file is in the way, the group exists and tokend's user may give the socket to it;
-4. the metrics address can be listened on;
-5. each file sink's directory is tokend's alone and its group can be given
+4. the metrics address, and each proxy's ``listen`` address, can be listened on;
+5. each proxy's facade files load: ``session_key_file`` and ``users_file``, or the state folder
+   for a generated key, and what a generated TLS certificate needs;
+6. each file sink's directory is tokend's alone and its group can be given
    (:meth:`tokend.filesink.TokenFile.check`).
 
 Some findings are not refusals, and come back as notes for ``check-config`` to print: a state
@@ -28,9 +30,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokend.config import Config, check_secrets
+from tokend.config import Config, ProxyConfig, check_secrets
 from tokend.filesink import TokenFile
-from tokend.listen import bind_tcp, check_socket_path, lock_is_held
+from tokend.listen import METRICS_FIX, bind_tcp, check_socket_path, lock_is_held
 from tokend.statefiles import check_private_dir
 
 
@@ -65,6 +67,8 @@ def preflight(config: Config, *, start: bool = True, held: Collection[Path] = ()
     if sockets:
         _check_sockets(config, found, start=start, held=held, activated=activated,
                        look_for_live=look_for_live)
+        for proxy in config.proxies:
+            _check_facade(proxy, config.server.state_dir, found, start=start)
     for target in config.targets:
         if target.file_sink is not None:
             TokenFile(target.file_sink, target.key("file_sink")).check()
@@ -98,7 +102,32 @@ def _check_sockets(config: Config, found: Findings, *, start: bool, held: Collec
         if found.live:
             found.notes.append("metrics: not tried, the running tokend listens there")
         else:
-            bind_tcp(metrics.host, metrics.port, "metrics.listen").close()
+            bind_tcp(metrics.host, metrics.port, "metrics.listen", fix=METRICS_FIX).close()
+
+
+def _check_facade(proxy: ProxyConfig, state_dir: Path, found: Findings, *, start: bool) -> None:
+    """The files a proxy's facade reads at start, read as it reads them; its TCP address."""
+    # Imported here, as the daemon does: pyjwt and bcrypt only for a config with proxies.
+    from tokend.proxy.localtoken import SessionKeys
+    from tokend.proxy.tlsgen import check_material
+    from tokend.proxy.users import UsersFile
+
+    if proxy.session_key_file is not None:
+        SessionKeys.load(proxy.session_key_file, proxy.key("session_key_file"))
+    else:
+        reason = check_private_dir(state_dir)
+        if reason is not None:
+            found.notes.append(f"{proxy.key('session_key_file')}: not set, and {reason}: local"
+                               " tokens will be signed with a key kept in memory (a warning at"
+                               " start), so a restart voids them")
+    if proxy.users_file is not None:
+        UsersFile.load(proxy.users_file, proxy.key("users_file"))
+    if proxy.listen is None:
+        return
+    if proxy.tls_cert_file is None:
+        check_material(state_dir, proxy.tls_names, names_key=proxy.key("tls_names"))
+    if start and not found.live:
+        bind_tcp(*proxy.listen, proxy.key("listen")).close()
 
 
 def activated_names() -> list[str]:

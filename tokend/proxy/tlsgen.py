@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokend.errors import ConfigError
-from tokend.statefiles import Watched, private_dir, write_atomically
+from tokend.statefiles import Watched, check_private_dir, private_dir, write_atomically
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -117,6 +117,17 @@ def ensure_material(state_dir: Path, tls_names: Iterable[str], *, now: float,
         raise ConfigError(config_key, f"cannot write the proxy's TLS files in {state_dir}: "
                           f"{exc.strerror or exc}", "make it writable by tokend's user") from None
     return TlsFiles(files.cert_file, files.key_file, files.ca_file, generated=True)
+
+
+def check_material(state_dir: Path, tls_names: Iterable[str], *,
+                   config_key: str = "server.state_dir", names_key: str = "tls_names") -> None:
+    """What :func:`ensure_material` would refuse, asked without making anything (check-config)."""
+    wanted_names(tls_names, names_key)
+    _cryptography(config_key)
+    reason = check_private_dir(state_dir, config_key)
+    if reason is not None:
+        raise ConfigError(config_key, f"{reason}: the proxy's generated TLS certificate is kept"
+                          " there", f"create {state_dir}, writable by tokend's user")
 
 
 def generate(names: tuple[str, ...], *, now: float) -> tuple[bytes, bytes, bytes]:
