@@ -67,8 +67,10 @@ def preflight(config: Config, *, start: bool = True, held: Collection[Path] = ()
     if sockets:
         _check_sockets(config, found, start=start, held=held, activated=activated,
                        look_for_live=look_for_live)
-        for proxy in config.proxies:
-            _check_facade(proxy, config.server.state_dir, found, start=start)
+        # A reload re-reads the facade's files its own way: one that broke keeps the last good
+        # version (logged), a new one is read when the reload prepares its proxy.
+        for proxy in config.proxies if start else ():
+            _check_facade(proxy, config.server.state_dir, found)
     for target in config.targets:
         if target.file_sink is not None:
             TokenFile(target.file_sink, target.key("file_sink")).check()
@@ -105,7 +107,7 @@ def _check_sockets(config: Config, found: Findings, *, start: bool, held: Collec
             bind_tcp(metrics.host, metrics.port, "metrics.listen", fix=METRICS_FIX).close()
 
 
-def _check_facade(proxy: ProxyConfig, state_dir: Path, found: Findings, *, start: bool) -> None:
+def _check_facade(proxy: ProxyConfig, state_dir: Path, found: Findings) -> None:
     """The files a proxy's facade reads at start, read as it reads them; its TCP address."""
     # Imported here, as the daemon does: pyjwt and bcrypt only for a config with proxies.
     from tokend.proxy.localtoken import SessionKeys
@@ -126,7 +128,7 @@ def _check_facade(proxy: ProxyConfig, state_dir: Path, found: Findings, *, start
         return
     if proxy.tls_cert_file is None:
         check_material(state_dir, proxy.tls_names, names_key=proxy.key("tls_names"))
-    if start and not found.live:
+    if not found.live:
         bind_tcp(*proxy.listen, proxy.key("listen")).close()
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.facade_fixtures import htpasswd, write_session_key
 from tests.support import (
     PASSWORD,
     Tokend,
@@ -54,6 +55,27 @@ def _dir(path: Path, mode: int) -> Path:
 
 def _sink(path: Path, **extra: Any) -> dict[str, Any]:
     return {"target": {"file_sink": {"path": str(path), "mode": "0640", **extra}}}
+
+
+def _facade(w: Path, stack: contextlib.ExitStack | None = None, *, key_mode: int = 0o600,
+            users: str | None = None, state_dir: Path | None = None) -> dict[str, Any]:
+    """A proxy with the facade's HTTPS listener on loopback (its certificate generated), with a
+    session key file of ``key_mode``, a users file (valid unless ``users`` is given), on a port
+    another process holds when ``stack`` is given."""
+    key = write_session_key(w / "facade.key")
+    key.chmod(key_mode)
+    users_file = w / "users.htpasswd"
+    if users is None:
+        htpasswd(users_file, "automation", "Local-passw0rd")
+    else:
+        users_file.write_text(users)
+    port = _listening(stack) if stack is not None else free_port()
+    proxy = {"target": "t1", "socket": str(w / "api.sock"), "listen": f"127.0.0.1:{port}",
+             "users_file": str(users_file), "session_key_file": str(key)}
+    overrides: dict[str, Any] = {"proxies": [proxy]}
+    if state_dir is not None:
+        overrides["server"] = {"state_dir": str(state_dir)}
+    return overrides
 
 
 def _listening(stack: contextlib.ExitStack) -> int:
@@ -99,6 +121,14 @@ CASES: dict[str, Callable[[Path, contextlib.ExitStack], Case]] = {
     "proxy socket_group that does not exist": lambda w, _: Case(
         {"proxies": [{"target": "t1", "socket": str(w / "api.sock"),
                       "socket_group": "nosuchgroup"}]}, "proxies[0].socket_group"),
+    # -- a proxy's facade: its files and its HTTPS listener
+    "facade session key readable by others": lambda w, _: Case(
+        _facade(w, key_mode=0o644), "proxies[0].session_key_file"),
+    "facade users file with a password that is not bcrypt": lambda w, _: Case(
+        _facade(w, users="automation:plain-text\n"), "proxies[0].users_file"),
+    "facade listen port in use": lambda w, stack: Case(_facade(w, stack), "proxies[0].listen"),
+    "facade certificate to generate without a state folder": lambda w, _: Case(
+        _facade(w, state_dir=w / "absent"), "server.state_dir"),
     # -- the metrics listener
     "metrics port in use": lambda w, stack: Case(
         {"metrics": {"listen": f"127.0.0.1:{_listening(stack)}"}}, "metrics.listen"),
@@ -172,6 +202,7 @@ OK_CASES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "state_dir that does not exist (memory-only lockout records)": lambda w: {
         "server": {"state_dir": str(w / "absent")}},
     "a proxy socket": lambda w: {"proxies": [{"target": "t1", "socket": str(w / "api.sock")}]},
+    "the facade's HTTPS listener, its certificate generated": lambda w: _facade(w),
 }
 
 

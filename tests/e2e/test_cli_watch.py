@@ -78,12 +78,13 @@ async def test_after_and_wait_print_once(tokend: Tokend) -> None:
 
 
 async def test_watch_errors_keep_the_exit_codes(tokend: Tokend) -> None:
+    # A malformed --after is the request's fault: a usage error (2), as an unknown target is.
     code, out, err = await run(tokend, "token", "--after", "sha256:nothex")
-    assert (code, out) == (1, "") and err.startswith("tokend: no token: BAD_REQUEST: ")
+    assert (code, out) == (2, "") and err.startswith("tokend: no token: BAD_REQUEST: ")
     assert err[-1] == "\n" and err.count("\n") == 1
     code, _, err = await run(tokend, "token", "--watch", "--min-ttl", "10")
     assert code == 2 and "--min-ttl cannot be combined" in err
     code, _, err = await run(tokend, "token", "--watch", "--target", "nope")
-    assert code == 1 and "TARGET_NOT_FOUND" in err
+    assert code == 2 and "TARGET_NOT_FOUND" in err
     code, _, err = await run(tokend, "token", "--watch", "--socket", str(tokend.socket) + ".x")
     assert code == 1 and "cannot reach tokend" in err
