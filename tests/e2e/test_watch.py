@@ -10,7 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support import USER, Answer, Tokend, Upstream, eventually, write_config
+from tests.support import (
+    PASSWORD,
+    USER,
+    Answer,
+    Tokend,
+    Upstream,
+    eventually,
+    write_config,
+    write_secret,
+)
 
 ZERO_FP = "sha256:" + "0" * 64
 
@@ -131,9 +140,10 @@ async def test_a_reload_that_replaces_or_removes_the_target_answers_held_watches
     fp2 = (await tokend.token("/v1/targets/t2/token"))["fingerprint"]
     on_t1 = await held(tokend, watch_path(fp1, 120))
     on_t2 = await held(tokend, watch_path(fp2, 120, "/v1/targets/t2/token"))
-    # t1 is replaced (a new request_timeout is a new connection), t2 is removed.
+    # t1 is replaced (another secret source means a new login), t2 is removed.
+    write_secret(workdir / "password2", PASSWORD)
     write_config(workdir, upstream.url, upstream.ca_pem, server={"default_target": "t1"},
-                 target={"request_timeout": "4s"})
+                 target={"password_file": str(workdir / "password2")})
     tokend.signal(signal.SIGHUP)
     for task in (on_t1, on_t2):
         body = assert_error(await asyncio.wait_for(task, 10), 404, "TARGET_NOT_FOUND")
