@@ -254,6 +254,12 @@ def test_toml_errors_get_a_hint_for_the_usual_mistake(tmp_path: Path, pw_file: P
     assert "invalid TOML at line 2" in message and hint in message, message
 
 
+def test_a_table_declared_twice_gets_the_double_bracket_hint(tmp_path: Path,
+                                                              pw_file: Path) -> None:
+    message = error(tmp_path, target(pw_file).replace("[[targets]]", "[targets]") * 2)
+    assert "may appear only once" in message and "[[targets]]" in message, message
+
+
 def test_toml_error_never_quotes_the_line(tmp_path: Path, pw_file: Path) -> None:
     message = error(tmp_path, target(pw_file, password_file=None) + 'password = "s3cret\n')
     assert "s3cret" not in message and "line 5" in message

@@ -101,15 +101,20 @@ def toml_error(where: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigErr
         number = int(match.group(1))
         at = f"line {number}, column {match.group(2)}"
         fix = "fix the syntax at that line"
-    else:  # the parser ran off the end: something opened earlier was never closed
+    else:
         number = len(lines)
         at = f"the end of the file (line {number})"
-        fix = "a quote, [ or { opened above is never closed: check the lines before it"
+        fix = "fix the syntax at the end of the file"
+        if reason.startswith(("Unclosed", "Unterminated", "Expected ']'", "Expected '}'")):
+            fix = "a quote, [ or { opened above is never closed: check the lines before it"
     line = lines[number - 1] if 0 < number <= len(lines) else ""
     if (mode := _BARE_MODE_RE.match(line)) is not None:
         fix = f'a file mode is an octal string in quotes: write {mode.group(1)} = "{mode.group(2)}"'
     elif (word := _BARE_WORD_RE.match(line)) is not None and word.group(2) not in _TOML_WORDS:
         fix = f'strings need quotes: write {word.group(1)} = "{word.group(2)}"'
+    elif reason.startswith(("Cannot declare", "Cannot overwrite")):
+        fix = ("a table or key may appear only once: merge the two; a list of tables is"
+               " written [[targets]], with double brackets")
     elif reason.startswith(("Unterminated string", "Illegal character '\\n'")):
         fix = "a string's closing quote is missing on that line"
     elif "{" in line and "}" not in line:
