@@ -310,6 +310,19 @@ def test_near_miss_suggests_the_key_meant_not_the_most_alike(
     assert message.startswith(f"server.{key}: unknown key (did you mean '{meant}'?)"), message
 
 
+@pytest.mark.parametrize(("value", "seconds"), [(None, 5.0), ('"0s"', 0.0), ('"30s"', 30.0),
+                                               ("2", 2.0)])
+def test_shutdown_timeout(tmp_path: Path, pw_file: Path, value: str | None, seconds: float) -> None:
+    text = f"[server]\nshutdown_timeout = {value}\n" if value else ""
+    assert load(tmp_path, text + target(pw_file)).server.shutdown_timeout == seconds
+
+
+def test_shutdown_timeout_longer_than_systemd_would_wait_is_refused(tmp_path: Path,
+                                                                   pw_file: Path) -> None:
+    message = error(tmp_path, '[server]\nshutdown_timeout = "10m"\n' + target(pw_file))
+    assert message.startswith("server.shutdown_timeout: 10m is longer than 5m"), message
+
+
 def test_allow_lists_take_names_as_socket_group_does(tmp_path: Path, pw_file: Path) -> None:
     import grp
     import pwd
