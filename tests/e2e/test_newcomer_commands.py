@@ -236,3 +236,13 @@ async def test_example_config_is_the_one_in_the_repository() -> None:
     assert "[tool.setuptools.package-data]" in (repo / "pyproject.toml").read_text()
     assert '"config.example.toml"' in (repo / "pyproject.toml").read_text()
     assert (repo / "config.example.toml").resolve() == repo / "tokend" / "config.example.toml"
+
+
+async def test_the_log_options_outlive_a_reload(upstream: Upstream, make_tokend: Callable[..., Any],
+                                                workdir: Path) -> None:
+    tokend: Tokend = await make_tokend(upstream.url, upstream.ca_pem,
+                                       env={"TOKEND_LOG_FORMAT": "console"})  # [log] says json
+    tokend.signal(signal.SIGHUP)
+    await eventually(lambda: "config.reloaded" in tokend.stdout(), what="config.reloaded")
+    lines = [line for line in tokend.stdout().splitlines() if line.strip()]
+    assert lines and not any(line.lstrip().startswith("{") for line in lines), lines[-3:]
