@@ -110,6 +110,12 @@ def render(f: ProxyFigures) -> str:
             ratio = t.p99_us / b.p99_us
             w(f"| p99 tokend / bare proxy, {conns} conns | {ratio:.2f} ({ms(t.p99_us)} /"
               f" {ms(b.p99_us)} ms) | <= {GOAL_P99_RATIO} | {verdict(ratio <= GOAL_P99_RATIO)} |")
+    cpu_ratios = [f"{c}: {t.cpu_us_per_req / b.cpu_us_per_req:.2f}" for c in args.conn_list
+                  if (t := find(TOKEND, c)) and (b := find(BARE, c))
+                  and t.cpu_us_per_req and b.cpu_us_per_req]
+    if cpu_ratios:
+        w(f"| proxy CPU per request, tokend / bare proxy, by connections (context: the steadiest"
+          f" figure on a shared machine) | {'; '.join(cpu_ratios)} | | |")
     for s in f.streams:
         if s.path == TOKEND and s.rss_growth_mb is not None:
             w(f"| tokend RSS growth during the {s.size / 2**30:g} GiB {s.direction} |"
