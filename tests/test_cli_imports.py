@@ -36,6 +36,8 @@ def imported_by(*argv: str) -> tuple[int, set[str]]:
 @pytest.mark.parametrize("argv", [
     ("token", "--wait", "0s", "--min-ttl", "1m", "--timeout", "500ms"),
     ("token", "--header", "--wait", "1ms"),
+    ("token", "--watch", "--wait", "1ms"),
+    ("token", "--after", "sha256:" + "0" * 64, "--wait", "1s"),
     ("status", "--timeout", "2s"),
     ("health", "--ready", "--timeout", "2s"),
 ])

@@ -480,14 +480,14 @@ refresh_replies = (replies(string_bodies() | any_bodies | error_body("ECHO"))
 
 @FUZZ
 @given(first=refresh_replies, second=refresh_replies, refresh_id=refresh_ids,
-       form=st.sampled_from([None, "json", "bare"]))
+       form=st.sampled_from([None, "json_string", "bare"]))
 def test_refresh_answers(first: Reply, second: Reply, refresh_id: str, form: str | None) -> None:
     first, second = echo(first, refresh_id), echo(second, refresh_id)
     outcome = call([first, second], "Pw#unused", "refresh", refresh_id, form)
     label("refresh", outcome)
     fallback = first.status == 400 and form is None
     assert len(outcome.seen) == (2 if fallback else 1)
-    bodies = [json.dumps(refresh_id).encode() if (form or "json") == "json"
+    bodies = [json.dumps(refresh_id).encode() if (form or "json_string") == "json_string"
               else refresh_id.encode()]
     if fallback:
         bodies.append(refresh_id.encode())
@@ -498,7 +498,7 @@ def test_refresh_answers(first: Reply, second: Reply, refresh_id: str, form: str
     if outcome.error is not None:
         assert_no_secret(outcome.error, refresh_id)
     reply = second if fallback else first
-    used_form = "bare" if fallback else (form or "json")
+    used_form = "bare" if fallback else (form or "json_string")
     status = reply.status
     if 200 <= status < 300:
         check_success_or_invalid(outcome, reply, reply.body.token, None)
@@ -607,7 +607,7 @@ def test_refresh_answer_shapes(case: tuple[Body, Token, bool]) -> None:
 
 @FUZZ
 @given(reply=replies(any_bodies | error_body("ECHO")), refresh_id=refresh_ids,
-       form=st.sampled_from([None, "json", "bare"]))
+       form=st.sampled_from([None, "json_string", "bare"]))
 def test_revoke_answers(reply: Reply, refresh_id: str, form: str | None) -> None:
     reply = echo(reply, refresh_id)
     outcome = call([reply], "Pw#unused", "revoke", refresh_id, form)
@@ -785,7 +785,7 @@ async def test_a_body_in_several_pieces_is_read_whole() -> None:
 @pytest.mark.parametrize("status", [200, 400, 500])
 def test_deeply_nested_json_is_an_upstream_error(operation: str, status: int) -> None:
     body = Body(b"[" * 100_000 + b"]" * 100_000)
-    outcome = call([Reply(status, body)], "Pw#x", operation, "rid-1", form="json")
+    outcome = call([Reply(status, body)], "Pw#x", operation, "rid-1", form="json_string")
     assert outcome.error is not None
     expected = {200: InvalidResponse, 500: TransientError,
                 400: CredentialsRejected if operation == "login" else RefreshTokenGone}[status]

@@ -17,6 +17,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tokend.config import PolicyConfig, TargetConfig
+from tokend.effects import Call, Log, Sleep
 from tokend.errors import (
     CredentialsRejected,
     InvalidResponse,
@@ -24,22 +25,18 @@ from tokend.errors import (
     TransientError,
     UpstreamError,
 )
+from tokend.held import HeldToken, tracked_lifetime
 from tokend.jwtinfo import Claims, fingerprint
+from tokend.names import STATES
 from tokend.schedule import (
     CONSUMER_MIN_INTERVAL,
     CONSUMER_QUIET_AFTER_NEW_TOKEN,
     FIRST_RETRY,
     MIN_REFRESH_INTERVAL,
     NO_TOKEN_BACKOFF_CAP,
-    STATES,
     TRANSIENT_REFRESHES_BEFORE_LOGIN,
     Action,
-    Call,
-    HeldToken,
-    Log,
     RefreshPolicy,
-    Sleep,
-    tracked_lifetime,
 )
 from tokend.secrets import Secret, SecretSource
 

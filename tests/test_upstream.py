@@ -28,7 +28,7 @@ def login(pair: dict[str, Any]) -> Any:
 
 def refresh(answer: object) -> Any:
     return call([Reply(200, Body(json.dumps(answer).encode()))], "Pw#x", "refresh", RID,
-                form="json")
+                form="json_string")
 
 
 def padded_token(length: int) -> str:

@@ -11,13 +11,28 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tokend import DEFAULT_CONFIG_PATH, __version__
-from tokend.client import TokenRefused, Unreachable, get_token, request, socket_path
+from tokend.client import (
+    Client,
+    TargetNotFound,
+    Token,
+    TokenRefused,
+    TokenUnavailable,
+    Unreachable,
+    get_token,
+    request,
+    socket_path,
+)
 from tokend.errors import ConfigError
 
 # Only what every command needs is imported here: `tokend token` runs once per script step, so
 # its start-up time matters; the daemon's modules are imported by the commands that use them.
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+# tokend token --watch: how long each watch is held, and the back-off while tokend is away.
+WATCH_HOLD = 60.0
+REWATCH_JITTER = 0.25
+WATCH_RETRY_MAX = 30.0
 # What `tokend demo` and `tokend fake-sddc` import from the `fake` extra (pyproject.toml).
 FAKE_EXTRA_MODULES = ("cryptography", "jwt")
 
@@ -60,8 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--header", action="store_true",
                       help="print 'Authorization: Bearer <token>' (for curl -H @-)")
     p.add_argument("--min-ttl", type=_seconds, help="a token valid for at least this long")
-    p.add_argument("--wait", type=_seconds, default=0.0,
-                   help="keep retrying while tokend is absent or has no token, up to this long")
+    p.add_argument("--wait", type=_seconds, default=None,
+                   help="keep retrying while tokend is absent or has no token, up to this long;"
+                   " with --after: how long to wait for a new token (default 60s, at most 300s)")
+    p.add_argument("--after", metavar="FINGERPRINT",
+                   help="print the token once its fingerprint is no longer this one (or when"
+                   " --wait passes): one watch (SPEC §10.1)")
+    p.add_argument("--watch", action="store_true",
+                   help="print the token, then each new one as tokend gets it, one line each,"
+                   " until interrupted (for 'while read' loops); with --after, start from"
+                   " that fingerprint")
 
     p = sub.add_parser("status", help="per-target state, for a person")
     client(p)
@@ -112,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
+        # A client command stopped by Ctrl-C says so; the daemon and the demo stop cleanly on it.
+        return EXIT_INTERRUPTED if command in ("token", "status", "health") else EXIT_OK
+    except BrokenPipeError:  # `tokend token --watch | head -1`: the reader is done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
 
@@ -156,20 +183,92 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    """``tokend token``: print the current access token."""
+    """``tokend token``: print the current access token, or watch for new ones."""
+    if args.min_ttl is not None and (args.watch or args.after):
+        return _fail("--min-ttl cannot be combined with --watch or --after", EXIT_USAGE)
+    if args.watch:
+        return _watch_tokens(args)
+    if args.after is not None:
+        client = Client(args.socket, args.target, args.timeout)
+        try:
+            token = client.watch(args.after, WATCH_HOLD if args.wait is None else args.wait)
+        except Unreachable as exc:
+            return _fail(str(exc))
+        except TokenRefused as exc:
+            return _fail(f"no token: {exc}")
+        _print_token(args, _token_json(token))
+        return EXIT_OK
     try:
-        data = get_token(args.target, args.min_ttl, args.socket, args.timeout, args.wait)
+        data = get_token(args.target, args.min_ttl, args.socket, args.timeout, args.wait or 0.0)
     except Unreachable as exc:
         return _fail(str(exc))
     except TokenRefused as exc:
         return _fail(f"no token: {exc}")
-    if args.json:
-        print(json.dumps(data))
-    elif args.header:
-        print(f"Authorization: Bearer {data['accessToken']}")
-    else:
-        print(data["accessToken"])
+    _print_token(args, data)
     return EXIT_OK
+
+
+def _print_token(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    """One line: the token, its header (--header) or its JSON (--json); flushed at once."""
+    if args.json:
+        line = json.dumps(data)
+    elif args.header:
+        line = f"Authorization: Bearer {data['accessToken']}"
+    else:
+        line = data["accessToken"]
+    print(line, flush=True)
+
+
+def _token_json(token: Token) -> dict[str, Any]:
+    return {"target": token.target, "tokenType": token.token_type,
+            "accessToken": token.access_token, "expiresAt": token.expires_at,
+            "expiresIn": token.expires_in, "upstreamExp": token.upstream_exp,
+            "fingerprint": token.fingerprint}
+
+
+def _watch_tokens(args: argparse.Namespace) -> int:
+    """``tokend token --watch``: a line per new token until interrupted.
+
+    The first token must come (within ``--wait``, as without --watch): a wrong socket or target
+    fails at once. After that, tokend being away, holding no token or swapping the target's
+    keeper on reload is waited out (said once on stderr), so a ``while read`` loop outlives a
+    restart of tokend.
+    """
+    import random
+    import time
+
+    client = Client(args.socket, args.target, args.timeout)
+    try:
+        data = get_token(args.target, None, args.socket, args.timeout, args.wait or 0.0)
+    except Unreachable as exc:
+        return _fail(str(exc))
+    except TokenRefused as exc:
+        return _fail(f"no token: {exc}")
+    last = str(data["fingerprint"])
+    if args.after != last:
+        _print_token(args, data)
+    delay = 0.5
+    waiting = False
+    while True:
+        time.sleep(REWATCH_JITTER * random.random())  # as AsyncClient.tokens() does
+        try:
+            token = client.watch(last, WATCH_HOLD)
+        except (Unreachable, TokenUnavailable, TargetNotFound) as exc:
+            if isinstance(exc, TargetNotFound) and delay >= WATCH_RETRY_MAX:
+                return _fail(f"no token: {exc}")  # not a reload: the target is gone
+            if not waiting:
+                print(f"tokend: {exc}; waiting for tokend", file=sys.stderr, flush=True)
+                waiting = True
+            pause = exc.retry_after if exc.retry_after is not None else delay
+            time.sleep(min(pause, WATCH_RETRY_MAX) * (0.5 + random.random() / 2))
+            delay = min(delay * 2, WATCH_RETRY_MAX)
+            continue
+        except TokenRefused as exc:
+            return _fail(f"no token: {exc}")
+        delay, waiting = 0.5, False
+        if token.fingerprint != last:
+            last = token.fingerprint
+            _print_token(args, _token_json(token))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

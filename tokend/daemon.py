@@ -25,7 +25,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -40,9 +40,10 @@ from tokend.ledger import Ledger
 from tokend.listen import SocketLock, activated_sockets, bind_unix
 from tokend.logs import configure, get_logger
 from tokend.metrics import Metrics, TargetMetrics
+from tokend.names import State
 from tokend.proxy.app import Proxy, descriptors_needed
 from tokend.proxy.forward import Forwarder
-from tokend.schedule import State
+from tokend.proxy.tcp import TcpListener, listener_key
 from tokend.secrets import read_secret
 from tokend.server import (
     IDLE_TIMEOUT,
@@ -53,6 +54,9 @@ from tokend.server import (
     socket_app,
 )
 from tokend.systemd import Notifier
+
+if TYPE_CHECKING:
+    from tokend.proxy.facade import Facade
 
 SHUTDOWN_GRACE = 5.0
 STATUS_INTERVAL = 5.0
@@ -75,6 +79,7 @@ class ReloadPlan:
     # their socket bound already, unless a proxy that stops first holds its path (deferred).
     proxies_kept: list[ProxyConfig] = field(default_factory=list)
     proxies_forwarders: dict[str, Forwarder] = field(default_factory=dict)
+    proxies_facades: dict[str, Facade] = field(default_factory=dict)  # kept proxies' successors
     proxies_new: dict[str, tuple[Proxy, Forwarder]] = field(default_factory=dict)
     proxies_deferred: set[str] = field(default_factory=set)
     proxies_stopped: list[str] = field(default_factory=list)  # removed, or moving to a new socket
@@ -193,12 +198,23 @@ class Daemon:
     def _open_proxies(self) -> None:
         """Take every proxy's socket before any keeper starts; the first that fails ends start-up."""
         for proxy_config in self.config.proxies:
-            proxy = self._new_proxy(proxy_config)
+            proxy = self._new_proxy(proxy_config, self.config.server.state_dir)
             self.proxies[proxy.name] = proxy  # stopped (socket removed, lock released) at shutdown
             proxy.open(self._activated.pop(proxy.name, None), self.backlog)
 
-    def _new_proxy(self, proxy_config: ProxyConfig) -> Proxy:
-        return Proxy(proxy_config, self, self.slots, self.metrics.proxy(proxy_config.target))
+    def _new_proxy(self, proxy_config: ProxyConfig, state_dir: Path) -> Proxy:
+        """A proxy with its facade (session keys and users read now) and, with ``listen``, its
+        TLS material; not yet open. Raises ConfigError naming the file or key at fault."""
+        # Imported here: the facade's local tokens need pyjwt, which a daemon without a proxy
+        # never loads.
+        from tokend.proxy.facade import Facade
+
+        metrics = self.metrics.proxy(proxy_config.target)
+        facade = Facade.load(proxy_config, state_dir, metrics)
+        listener = (TcpListener.prepare(proxy_config, state_dir, time.time())
+                    if proxy_config.listen is not None else None)
+        return Proxy(proxy_config, self, self.slots, metrics, login=facade, authorizer=facade,
+                     listener=listener)
 
     async def _start_proxies(self) -> None:
         for proxy in list(self.proxies.values()):
@@ -399,7 +415,9 @@ class Daemon:
         Raises ConfigError (after closing what it bound) when a socket or a TLS setting fails.
         """
         new = plan.config
+        state_dir = new.server.state_dir
         held = {p.socket_path: name for name, p in self.proxies.items() if p.socket_path}
+        held_listens = {p.config.listen for p in self.proxies.values() if p.listener is not None}
         wanted = {p.target for p in new.proxies}
         plan.proxies_stopped = [name for name in self.proxies if name not in wanted]
         try:
@@ -407,18 +425,29 @@ class Daemon:
                 target = new.target(proxy_config.target)
                 assert target is not None  # the config refuses a proxy of an unknown target
                 old = self.proxies.get(proxy_config.target)
-                if old is not None and old.config.socket == proxy_config.socket:
+                if old is not None and old.config.socket == proxy_config.socket and listener_key(
+                        old.config, self.config.server.state_dir) == listener_key(
+                        proxy_config, state_dir):
                     plan.proxies_kept.append(proxy_config)
                     current = old.forwarder
                     if current is None or current.settings_key() != Forwarder.key_for(
                             target, proxy_config):
                         plan.proxies_forwarders[old.name] = old.build_forwarder(target, proxy_config)
+                    facade = _facade_of(old)
+                    if facade is not None:
+                        plan.proxies_facades[old.name] = facade.successor(proxy_config, state_dir)
                     continue
                 if old is not None:
-                    plan.proxies_stopped.append(old.name)  # a changed socket path: restarted
-                proxy = self._new_proxy(proxy_config)
+                    plan.proxies_stopped.append(old.name)  # a changed socket or listener: restarted
+                try:
+                    proxy = self._new_proxy(proxy_config, state_dir)
+                except ConfigError:
+                    if proxy_config.target not in self.proxies:
+                        self.metrics.remove_proxy(proxy_config.target)
+                    raise
                 plan.proxies_new[proxy.name] = (proxy, proxy.build_forwarder(target))
-                if proxy_config.socket in held:
+                if proxy_config.socket in held or (proxy_config.listen is not None
+                                                   and proxy_config.listen in held_listens):
                     plan.proxies_deferred.add(proxy.name)  # taken once its holder has stopped
                 else:
                     proxy.open(None, self.backlog)
@@ -468,8 +497,11 @@ class Daemon:
             if name not in plan.proxies_new:
                 self.metrics.remove_proxy(name)
         for proxy_config in plan.proxies_kept:
-            self.proxies[proxy_config.target].reconfigure(
-                proxy_config, plan.proxies_forwarders.get(proxy_config.target))
+            kept = self.proxies[proxy_config.target]
+            facade = plan.proxies_facades.get(proxy_config.target)
+            kept.reconfigure(proxy_config, plan.proxies_forwarders.get(proxy_config.target),
+                             login=facade, authorizer=facade)
+            kept.check_files(regenerate=True)  # SIGHUP re-reads users, keys and certificates
         retiring = [self.keepers[n] for n in [*plan.removed, *plan.fresh] if n in self.keepers]
         # Each stays in ``keepers`` (serving what it holds) until it has stopped; a successor then
         # takes its place in the same step as it starts. A stopped keeper is not stuck: health
@@ -514,6 +546,13 @@ class Daemon:
                     continue
             self.proxies[name] = proxy
             await proxy.start(forwarder, self.backlog)
+
+
+def _facade_of(proxy: Proxy) -> Facade | None:
+    """The facade serving ``proxy``'s token endpoints, if it has one."""
+    from tokend.proxy.facade import Facade
+
+    return proxy.login if isinstance(proxy.login, Facade) else None
 
 
 def _show(metrics: TargetMetrics, state: State, valid: bool) -> None:

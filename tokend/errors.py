@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokend.names import UpstreamOutcome
+
 
 class TokendError(Exception):
     """Base of every error tokend raises deliberately."""
@@ -46,7 +48,7 @@ class UpstreamError(TokendError):
     so no server session is left behind. It is a secret: it never appears in the error's text.
     """
 
-    outcome = "http_error"
+    outcome: UpstreamOutcome = "http_error"
 
     def __init__(
         self,
@@ -55,7 +57,7 @@ class UpstreamError(TokendError):
         status: int | None = None,
         detail: UpstreamDetail | None = None,
         retry_after: float | None = None,
-        outcome: str | None = None,
+        outcome: UpstreamOutcome | None = None,
         issued_refresh_id: str | None = None,
     ) -> None:
         super().__init__(message)
@@ -78,14 +80,14 @@ class UpstreamError(TokendError):
 class CredentialsRejected(UpstreamError):
     """The upstream refused the username/password or API key (400/401/403 on login)."""
 
-    outcome = "rejected"
+    outcome: UpstreamOutcome = "rejected"
     default_code = "CREDENTIALS_REJECTED"
 
 
 class RefreshTokenGone(UpstreamError):
     """The refresh token is expired or revoked: the next attempt must be a login."""
 
-    outcome = "refresh_token_gone"
+    outcome: UpstreamOutcome = "refresh_token_gone"
     default_code = "REFRESH_TOKEN_GONE"
 
 
@@ -98,5 +100,5 @@ class TransientError(UpstreamError):
 class InvalidResponse(UpstreamError):
     """The upstream answered something tokend cannot use (bad JSON, no ``exp``, a redirect)."""
 
-    outcome = "invalid_response"
+    outcome: UpstreamOutcome = "invalid_response"
     default_code = "INVALID_UPSTREAM_RESPONSE"

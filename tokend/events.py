@@ -125,6 +125,30 @@ CATALOGUE: dict[str, Event] = {
                                   "an upstream error answer tokend could not check for secrets"
                                   " (over 64 KiB, or encoded unreadably): its status is passed on"
                                   " with an Error body of tokend's"),
+    "proxy.login_rejected": Event(("warning",), ("target", "address", "reason"),
+                                  "a local login on a proxy's TCP listener was refused (`reason`:"
+                                  " wrong_password, unknown_user, malformed); `user` is named only"
+                                  " if it exists; at most once a minute per (user, address)"),
+    "proxy.local_token_rejected": Event(("debug",), ("target", "typ", "reason"),
+                                        "a local access or refresh token did not verify"
+                                        " (`reason` in a few words, never the token)"),
+    "proxy.connection_limit": Event(("warning",), ("target", "address", "message"),
+                                    "a TCP peer over the connection limits (once per address per"
+                                    " minute)"),
+    "proxy.files_reloaded": Event(("info",), ("target", "key"),
+                                  "a proxy's session key file, users file or listener certificate"
+                                  " changed and is in force"),
+    "proxy.files_reload_failed": Event(("error",), ("target", "key", "error", "action"),
+                                       "a proxy's session key file, users file or certificate"
+                                       " changed but cannot be used (once per change): the last"
+                                       " good one stays"),
+    "proxy.session_key_unsaved": Event(("warning",), ("target", "error", "action"),
+                                       "state_dir cannot hold the generated session key: local"
+                                       " tokens are signed with a key in memory, void after a"
+                                       " restart"),
+    "proxy.tls_generated": Event(("warning",), ("target", "ca_file", "action"),
+                                 "tokend made a new CA and certificate for a proxy's TCP listener:"
+                                 " consumers must trust the new proxy-ca.pem"),
     "tls.trust_reload_failed": Event(("error",), ("target", "key", "error", "action"),
                                      "ca_file changed but cannot be used: the old trust store is"
                                      " kept"),

@@ -12,10 +12,10 @@ import contextlib
 import os
 import secrets
 import stat
-from pathlib import Path
 
 from tokend.config import FileSink
 from tokend.errors import ConfigError
+from tokend.statefiles import fsync_dir
 from tokend.values import group_id
 
 
@@ -68,17 +68,9 @@ class TokenFile:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def remove(self) -> None:
         """Remove the file (the token it held is no longer valid, or tokend stops)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.sink.path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from tokend.clock import Clock, SystemClock
 from tokend.config import TargetConfig
+from tokend.effects import Call, CheckSecret, Effect, Log, Publish, Revoke, Sleep, StateChanged, Withdraw
 from tokend.errors import (
     ConfigError,
     CredentialsRejected,
@@ -31,28 +32,13 @@ from tokend.errors import (
     UpstreamError,
 )
 from tokend.filesink import TokenFile
+from tokend.held import HeldToken, admit, iso_utc
 from tokend.jwtinfo import JWT_PATTERN, fingerprint
 from tokend.ledger import Ledger
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import TargetMetrics
-from tokend.schedule import (
-    Call,
-    CheckSecret,
-    Effect,
-    HeldToken,
-    Log,
-    Operation,
-    Publish,
-    RefreshPolicy,
-    Revoke,
-    Sleep,
-    State,
-    StateChanged,
-    Withdraw,
-    admit,
-    iso_utc,
-    remediation,
-)
+from tokend.names import ErrorCode, KeeperCall, State
+from tokend.schedule import RefreshPolicy, remediation
 from tokend.secrets import Secret, read_secret, secret_stamp
 from tokend.upstream import Issued, UpstreamClient
 
@@ -84,7 +70,7 @@ class TokenSource(Protocol):
 class ServeError(TokendError):
     """A token request that cannot be answered with a token; rendered as an Error body."""
 
-    def __init__(self, status: int, code: str, message: str, remediation: str = "",
+    def __init__(self, status: int, code: ErrorCode, message: str, remediation: str = "",
                  reference_token: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -133,6 +119,8 @@ class Keeper:
         self._busy_since: float | None = None
         self._wake = asyncio.Event()
         self._token_changed = asyncio.Event()
+        self._news: asyncio.Future[None] | None = None  # created when first asked for (news())
+        self.retired = False  # stopped: removed or replaced by a reload, or tokend is stopping
         self._task: asyncio.Task[None] | None = None
 
     # -- life -----------------------------------------------------------------------------------
@@ -143,6 +131,8 @@ class Keeper:
 
     async def stop(self, revoke: bool) -> None:
         """Stop the task; revoke the refresh token if asked; close the HTTP session."""
+        self.retired = True
+        self._announce()  # held watches learn at once that this keeper is going
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -204,6 +194,7 @@ class Keeper:
         last_at = self.policy.last_token_at
         return {
             "name": self.name,
+            "url": self.target.url,
             "state": self.policy.state(now),
             "expiresAt": iso_utc(served.expires_wall) if served else None,
             "expiresIn": served.expires_in(now) if served else None,
@@ -213,6 +204,31 @@ class Keeper:
             "lastError": self.last_error(now, wall),
             "lockout": self._lockout(wall),
         }
+
+    def news(self) -> asyncio.Future[None]:
+        """A future resolved at this keeper's next publish, withdraw or retire (SPEC §10.1).
+
+        One future shared by every waiter, however many (:class:`tokend.watch.Watches` puts one
+        callback on it for all its watches): never cancel it, nor await it from a task that may be
+        cancelled. Once the keeper is retired it is resolved.
+        """
+        news = self._news
+        if news is None:
+            news = self._news = asyncio.get_running_loop().create_future()
+            if self.retired:
+                news.set_result(None)
+        return news
+
+    def _announce(self) -> None:
+        """Wake everyone waiting on :meth:`news`; the next caller gets a fresh future."""
+        news = self._news
+        if self.retired:
+            if news is not None and not news.done():
+                news.set_result(None)
+            return  # stays resolved: a watch that starts now must not wait
+        self._news = None
+        if news is not None and not news.done():
+            news.set_result(None)
 
     def _lockout(self, wall: float) -> dict[str, Any] | None:
         """The recorded rejections of this target that outlive a restart (SPEC §8.9), or None."""
@@ -327,6 +343,7 @@ class Keeper:
                     self.metrics.valid.set(0)
                     if self.sink is not None:
                         self._sink_remove()  # never leave an expired token behind
+                    self._announce()
                 case Log(level, event, fields):
                     getattr(self.log, level)(event, **fields)
                 case StateChanged(old, new):
@@ -399,7 +416,7 @@ class Keeper:
             raise AssertionError("a refresh without a refresh id")
         return await self.client.refresh(call.refresh_id)
 
-    async def _failed(self, operation: Operation, error: UpstreamError,
+    async def _failed(self, operation: KeeperCall, error: UpstreamError,
                       duration: float | None) -> None:
         if error.issued_refresh_id is not None:
             REDACTOR.register(error.issued_refresh_id)
@@ -429,6 +446,7 @@ class Keeper:
             self._sink_write(token, now)
         self._token_changed.set()
         self._token_changed = asyncio.Event()
+        self._announce()
 
     async def _check_secret(self, login: bool) -> None:
         """Read the secret for a login, or every 30 s when its source changed; TLS material too."""

@@ -11,20 +11,22 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from tokend import __version__
-from tokend.schedule import STATES, State
+from tokend.names import (
+    OPERATIONS,
+    PROXY_LOGIN_OUTCOMES,
+    PROXY_OUTCOMES,
+    REQUEST_OUTCOMES,
+    STATES,
+    UPSTREAM_OUTCOMES,
+    Operation,
+    ProxyLoginOutcome,
+    ProxyOutcome,
+    State,
+    UpstreamOutcome,
+)
 
-UPSTREAM_OPERATIONS = ("login", "refresh", "revoke")
-UPSTREAM_OUTCOMES = ("success", "rejected", "refresh_token_gone", "http_error", "network_error",
-                     "tls_error", "timeout", "invalid_response", "internal_error")
-TOKEN_REQUEST_OUTCOMES = ("served", "unavailable", "below_min_ttl", "forbidden", "not_found",
-                          "bad_request")
-# SPEC §9.6. forwarded: the upstream's answer was passed on; retried_after_401: passed on after one
-# retry with a new token; unavailable: 503 from tokend (no token, no pool slot); unauthorized: no
-# valid local token (TCP); refused: refused by tokend (400, 403, 404 of a token path, 429);
-# upstream_error: 502 or 504 (unreachable, TLS, timeout, an answer cut short).
-PROXY_OUTCOMES = ("forwarded", "retried_after_401", "unavailable", "unauthorized", "refused",
-                  "upstream_error")
-PROXY_LOGIN_OUTCOMES = ("success", "rejected", "rate_limited")
+UPSTREAM_OPERATIONS = OPERATIONS
+TOKEN_REQUEST_OUTCOMES = REQUEST_OUTCOMES
 
 
 # The *_created series double the series count and nothing in tokend's dashboards or alerts uses them.
@@ -110,8 +112,8 @@ class Metrics:
         _remove(self.proxy_duration, target)
         for outcome in PROXY_OUTCOMES:
             _remove(self.proxy_requests, target, outcome)
-        for outcome in PROXY_LOGIN_OUTCOMES:
-            _remove(self.proxy_logins, target, outcome)
+        for login_outcome in PROXY_LOGIN_OUTCOMES:
+            _remove(self.proxy_logins, target, login_outcome)
 
     def remove_target(self, name: str) -> None:
         """Drop a removed target's series."""
@@ -156,7 +158,7 @@ class TargetMetrics:
         for name, child in self.states.items():
             child.set(1 if name == state else 0)
 
-    def upstream(self, operation: str, outcome: str, duration: float | None) -> None:
+    def upstream(self, operation: Operation, outcome: UpstreamOutcome, duration: float | None) -> None:
         """Count one upstream call."""
         self._m.upstream_requests.labels(target=self.name, operation=operation,
                                          outcome=outcome).inc()
@@ -174,7 +176,7 @@ class ProxyMetrics:
                        for o in PROXY_LOGIN_OUTCOMES}
         self.duration = metrics.proxy_duration.labels(target=target)
 
-    def request(self, outcome: str) -> None:
+    def request(self, outcome: ProxyOutcome) -> None:
         """Count one request on the proxy's listeners with its ``outcome`` (PROXY_OUTCOMES)."""
         self.requests[outcome].inc()
 
@@ -182,6 +184,6 @@ class ProxyMetrics:
         """Time from sending a request upstream to its response headers."""
         self.duration.observe(seconds)
 
-    def login(self, outcome: str) -> None:
+    def login(self, outcome: ProxyLoginOutcome) -> None:
         """Count one local login: ``success``, ``rejected`` or ``rate_limited`` (the facade's)."""
         self.logins[outcome].inc()

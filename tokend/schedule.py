@@ -41,22 +41,32 @@ Rules (SPEC §5 and §8):
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from tokend.config import PolicyConfig
+from tokend.effects import (
+    Call,
+    CheckSecret,
+    Effect,
+    Log,
+    Publish,
+    Revoke,
+    Sleep,
+    StateChanged,
+    Withdraw,
+)
 from tokend.errors import (
     CredentialsRejected,
     InvalidResponse,
     RefreshTokenGone,
     UpstreamError,
 )
-from tokend.jwtinfo import Claims
+from tokend.held import HeldToken, iso_utc
+from tokend.names import KeeperCall, State
 
 FIRST_RETRY = 1.0
 NO_TOKEN_BACKOFF_CAP = 30.0
@@ -65,133 +75,8 @@ CONSUMER_QUIET_AFTER_NEW_TOKEN = 5.0
 CONSUMER_MIN_INTERVAL = 10.0
 REFUSED_NEW_TOKENS_LIMIT = 3
 MIN_REFRESH_INTERVAL = 1.0
-NO_CLAIMS_MARGIN = 60.0
 SECRET_CHECK_INTERVAL = 30.0
 
-Operation = Literal["login", "refresh"]
-State = Literal["starting", "valid", "refreshing", "degraded", "expired", "credentials_rejected"]
-STATES: tuple[State, ...] = (
-    "starting", "valid", "refreshing", "degraded", "expired", "credentials_rejected",
-)
-
-
-def iso_utc(epoch: float) -> str:
-    """``2026-11-28T07:00:00Z``, truncated to the second (never later than ``epoch``).
-
-    Raises ValueError or OverflowError for an instant outside years 1–9999.
-    """
-    return datetime.fromtimestamp(math.floor(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def tracked_lifetime(claims: Claims, sent_wall: float, server_date: float | None) -> float:
-    """Seconds after the request was sent during which the token may be served.
-
-    ``exp − iat`` is immune to either clock; ``exp − Date`` bounds it by the server's own clock (an
-    already-expired token is caught even when its ``iat`` is old). A whole-second ``iat`` and the
-    whole-second ``Date`` header each cost a second, so the result can only err early. With neither,
-    ``exp`` is read against the local wall clock, 60 s early.
-    """
-    spans: list[float] = []
-    if claims.iat is not None:
-        # A whole-second iat may be the issue instant truncated by up to a second, so exp − iat can
-        # overstate the span by as much, even when exp itself carries a fraction. A truncated exp
-        # only shortens it.
-        iat_truncated = isinstance(claims.iat, int) or claims.iat.is_integer()
-        spans.append(claims.exp - claims.iat - (1.0 if iat_truncated else 0.0))
-    if server_date is not None:
-        spans.append(claims.exp - server_date - 1.0)
-    if not spans:
-        spans.append(claims.exp - NO_CLAIMS_MARGIN - sent_wall)
-    span = min(spans)
-    if span <= 0:
-        raise InvalidResponse("the access token is already expired when issued")
-    return span
-
-
-@dataclass(frozen=True)
-class HeldToken:
-    """An access token, the monotonic span in which tokend serves it, and its answers rendered once.
-
-    Rendering happens at construction (so a token that cannot be rendered is never taken); serving
-    it is then a few byte copies (SPEC §4 token JSON, ``?format=raw``).
-    """
-
-    access_token: str
-    fingerprint: str
-    upstream_exp: int | float
-    obtained_at: float  # monotonic instant the request that obtained it was sent
-    expires_at: float  # monotonic instant tokend stops serving it
-    obtained_wall: float  # wall-clock twin of obtained_at, for display and metrics
-    target: str = ""
-    raw: bytes = field(init=False, repr=False, compare=False)
-    json_head: bytes = field(init=False, repr=False, compare=False)  # before the expiresIn value
-    json_tail: bytes = field(init=False, repr=False, compare=False)  # after it
-
-    def __post_init__(self) -> None:
-        head = {"target": self.target, "tokenType": "Bearer", "accessToken": self.access_token,
-                "expiresAt": iso_utc(self.expires_wall)}
-        tail = {"upstreamExp": self.upstream_exp, "fingerprint": self.fingerprint}
-        head_text = json.dumps(head, separators=(", ", ": "))[:-1] + ', "expiresIn": '
-        tail_text = ", " + json.dumps(tail, separators=(", ", ": "), allow_nan=False)[1:]
-        object.__setattr__(self, "raw", self.access_token.encode("utf-8", "surrogatepass"))
-        object.__setattr__(self, "json_head", head_text.encode())
-        object.__setattr__(self, "json_tail", tail_text.encode())
-
-    @property
-    def lifetime(self) -> float:
-        """The tracked span from request to serve-until, in seconds."""
-        return self.expires_at - self.obtained_at
-
-    @property
-    def expires_wall(self) -> float:
-        """When tokend stops serving it, on the local wall clock (``expiresAt``)."""
-        return self.obtained_wall + self.lifetime
-
-    def remaining(self, now: float) -> float:
-        """Seconds it may still be served."""
-        return self.expires_at - now
-
-    def valid(self, now: float) -> bool:
-        """Whether it may be served at ``now``."""
-        return now < self.expires_at
-
-    def expires_in(self, now: float) -> int:
-        """Whole seconds tokend will still serve it (``expiresIn``)."""
-        return max(0, math.floor(self.remaining(now)))
-
-    def json(self, now: float) -> bytes:
-        """The token JSON of SPEC §4 at ``now`` (monotonic)."""
-        return self.json_head + str(self.expires_in(now)).encode() + self.json_tail
-
-    def __repr__(self) -> str:
-        return f"HeldToken({self.fingerprint}, expires_at={self.expires_at:.3f})"
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """A token that passed every check, and the lifetime it claimed when that was cut."""
-
-    token: HeldToken
-    claimed_lifetime: float | None  # set only when the cap applied
-
-
-def admit(target: str, access_token: str, token_fingerprint: str, claims: Claims, sent_mono: float,
-          sent_wall: float, server_date: float | None, max_lifetime: float) -> Admitted:
-    """Check an issued token whole (SPEC §5.1, §8.1): lifetime, cap, rendering.
-
-    Raises InvalidResponse when the token cannot be served (already expired, or not renderable).
-    """
-    lifetime = tracked_lifetime(claims, sent_wall, server_date)
-    claimed: float | None = None
-    if lifetime > max_lifetime:
-        claimed, lifetime = lifetime, max_lifetime
-    try:
-        token = HeldToken(access_token=access_token, fingerprint=token_fingerprint,
-                          upstream_exp=claims.exp, obtained_at=sent_mono,
-                          expires_at=sent_mono + lifetime, obtained_wall=sent_wall, target=target)
-    except (ValueError, OverflowError) as exc:
-        raise InvalidResponse(f"the access token cannot be served ({type(exc).__name__})") from None
-    return Admitted(token, claimed)
 
 
 @dataclass(frozen=True)
@@ -200,75 +85,6 @@ class Action:
 
     kind: Literal["login", "refresh", "idle"]
     at: float
-
-
-# -- effects: what the driver does for the machine ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class Call:
-    """Make this upstream call now, then report :meth:`RefreshPolicy.on_token` or ``on_failure``."""
-
-    operation: Operation
-    refresh_id: str | None  # for a refresh
-
-
-@dataclass(frozen=True)
-class Revoke:
-    """Revoke this refresh id, best effort (a session the machine will not use)."""
-
-    refresh_id: str
-
-
-@dataclass(frozen=True)
-class CheckSecret:
-    """Look at the secret source (and TLS material); report :meth:`RefreshPolicy.on_secret`.
-
-    ``login``: read the secret itself, a login is waiting for it; else only if its source changed.
-    """
-
-    login: bool
-
-
-@dataclass(frozen=True)
-class Publish:
-    """Serve this token from now on (answer waiters, write the sink, set the gauges)."""
-
-    token: HeldToken
-
-
-@dataclass(frozen=True)
-class Withdraw:
-    """The served token has expired: stop serving it, remove the sink."""
-
-    token: HeldToken
-
-
-@dataclass(frozen=True)
-class Log:
-    """Log ``event`` at ``level`` with ``fields`` (the target is added by the driver)."""
-
-    level: Literal["debug", "info", "warning", "error"]
-    event: str
-    fields: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class StateChanged:
-    """The SPEC §4 state changed."""
-
-    old: State
-    new: State
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Nothing to do before ``until`` (monotonic) unless an event arrives."""
-
-    until: float
-
-
-Effect = Call | Revoke | CheckSecret | Publish | Withdraw | Log | StateChanged | Sleep
 
 
 @dataclass(frozen=True)
@@ -290,7 +106,7 @@ class RefreshPolicy:
         self.failures = 0
         self.transient_refresh_failures = 0
         self.attempted = False
-        self.in_flight: Operation | None = None
+        self.in_flight: KeeperCall | None = None
         self.secret_digest: str | None = None
         self.last_failure: Failure | None = None
         self.last_token_at: float | None = None  # monotonic instant the last token arrived
@@ -421,7 +237,7 @@ class RefreshPolicy:
         """When the served token must be withdrawn (monotonic), if one is served."""
         return None if self._published is None else self._published.expires_at
 
-    def on_token(self, now: float, token: HeldToken, operation: Operation,
+    def on_token(self, now: float, token: HeldToken, operation: KeeperCall,
                  refresh_id: str | None = None, duration: float | None = None) -> list[Effect]:
         """A call succeeded with an admitted ``token``; a login also brings its refresh id, if any."""
         previous = self.token
@@ -457,7 +273,7 @@ class RefreshPolicy:
         })
         return [Publish(token), log, *self._state_effects(now)]
 
-    def on_failure(self, now: float, operation: Operation, error: UpstreamError) -> list[Effect]:
+    def on_failure(self, now: float, operation: KeeperCall, error: UpstreamError) -> list[Effect]:
         """A call failed (or could not be made): count it, schedule the retry."""
         effects: list[Effect] = []
         self.in_flight = None
@@ -615,7 +431,7 @@ class RefreshPolicy:
                           " longer refresh until the next scheduled refresh or SIGHUP"}))
         return effects
 
-    def _failure_log(self, now: float, operation: Operation, error: UpstreamError) -> Log:
+    def _failure_log(self, now: float, operation: KeeperCall, error: UpstreamError) -> Log:
         action = self.next_action(now)
         token = self.valid_token(now)
         fields: dict[str, Any] = {

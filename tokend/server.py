@@ -13,7 +13,7 @@ import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -25,7 +25,9 @@ from tokend.errbody import error_body, error_response, raw_http_error
 from tokend.keeper import Keeper, ServeError
 from tokend.logs import get_logger
 from tokend.metrics import Metrics
+from tokend.names import ERROR_OUTCOME, RequestOutcome
 from tokend.peers import Peer, admits, denial_message, peer_of
+from tokend.watch import Watches, parse_after, parse_wait
 
 MAX_BODY = 4096
 DENIAL_LOG_INTERVAL = 60.0
@@ -58,6 +60,7 @@ class Hub(Protocol):
 
 
 HUB = web.AppKey("hub", Hub)
+WATCHES = web.AppKey("watches", Watches)
 
 
 # -- the Unix-socket API -----------------------------------------------------------------------
@@ -72,6 +75,14 @@ def socket_app(hub: Hub) -> web.Application:
     """The consumer API of SPEC §4."""
     app = web.Application(client_max_size=MAX_BODY)
     app[HUB] = hub
+    watches = app[WATCHES] = Watches()
+
+    async def answer_watches(app: web.Application) -> None:
+        # aiohttp runs on_shutdown after the listener closed and before it waits (up to the
+        # shutdown grace) for in-flight requests: held watches are answered now, not cut then.
+        watches.close()
+
+    app.on_shutdown.append(answer_watches)
     routes: list[tuple[str, str, Route]] = [
         ("GET", "/v1/token", _default_token),
         ("GET", "/v1/targets/{name}/token", _target_token),
@@ -99,9 +110,7 @@ def _api(hub: Hub, method: str, route: Route) -> Callable[[web.Request], Awaitab
         try:
             return await route(request, hub)
         except ServeError as err:
-            outcome = _OUTCOME.get(err.code)
-            if outcome is not None:
-                counts[outcome] += 1
+            counts[ERROR_OUTCOME[err.code]] += 1
             return error_response(err.status, err.code, err.message, err.remediation,
                                   err.reference_token, err.retry_after)
         except web.HTTPException as exc:  # 413 from reading an oversized body
@@ -112,11 +121,6 @@ def _api(hub: Hub, method: str, route: Route) -> Callable[[web.Request], Awaitab
             return error_response(exc.status, code, exc.reason)
 
     return handle
-
-
-_OUTCOME = {"TOKEN_UNAVAILABLE": "unavailable", "TOKEN_BELOW_MIN_TTL": "below_min_ttl",
-            "TARGET_NOT_FOUND": "not_found", "NOT_FOUND": "not_found",
-            "BAD_REQUEST": "bad_request"}
 
 
 async def _not_found(request: web.Request, hub: Hub) -> web.Response:
@@ -133,16 +137,24 @@ def _keeper(hub: Hub, name: str) -> Keeper:
     return keeper
 
 
-def _query(request: web.Request) -> tuple[bool, float | None]:
-    """(raw?, min_ttl) from the query string; 400 on a bad value."""
+class Watch(NamedTuple):
+    """``?after=FP&wait=S`` of a token request (SPEC §10.1)."""
+
+    after: str
+    wait: float
+
+
+def _query(request: web.Request) -> tuple[bool, float | None, Watch | None]:
+    """(raw?, min_ttl, watch) from the query string; 400 on a bad value."""
     if not request.query_string:
-        return False, None  # the common case: no parsing at all
-    fmt = request.query.get("format", "json")
+        return False, None, None  # the common case: no parsing at all
+    query = request.query
+    fmt = query.get("format", "json")
     if fmt not in ("json", "raw"):
         raise ServeError(400, "BAD_REQUEST", f"format must be 'json' or 'raw', not {fmt[:40]!r}")
     min_ttl: float | None = None
-    if "min_ttl" in request.query:
-        text = request.query["min_ttl"]
+    if "min_ttl" in query:
+        text = query["min_ttl"]
         try:
             min_ttl = float(text)
         except ValueError:
@@ -150,12 +162,24 @@ def _query(request: web.Request) -> tuple[bool, float | None]:
         if not math.isfinite(min_ttl) or min_ttl < 0:
             raise ServeError(400, "BAD_REQUEST",
                              f"min_ttl must be a number of seconds >= 0, not {text[:40]!r}")
-    return fmt == "raw", min_ttl
+    watch: Watch | None = None
+    if "after" in query:
+        if min_ttl is not None:
+            raise ServeError(400, "BAD_REQUEST", "min_ttl and after cannot be combined",
+                             "Watch with after, then ask for min_ttl if the new token is short")
+        watch = Watch(parse_after(query["after"]), parse_wait(query.get("wait")))
+    elif "wait" in query:
+        raise ServeError(400, "BAD_REQUEST", "wait is only meaningful with after",
+                         "Add after=<the fingerprint you hold>, or drop wait")
+    return fmt == "raw", min_ttl, watch
 
 
 async def _answer_token(request: web.Request, hub: Hub, keeper: Keeper) -> web.Response:
-    raw, min_ttl = _query(request)
-    served = await keeper.token(min_ttl)
+    raw, min_ttl, watch = _query(request)
+    if watch is None:
+        served = await keeper.token(min_ttl)
+    else:
+        served = await request.app[WATCHES].watch(keeper, watch.after, watch.wait)
     hub.metrics.requests.counts["served"] += 1
     if raw:
         return web.Response(body=served.raw, content_type="text/plain")
@@ -221,30 +245,56 @@ async def _readyz_socket(request: web.Request, hub: Hub) -> web.Response:
 
 
 class ConnectionSlots:
-    """The open connections of every Unix listener of one daemon, by uid: the limits are shared."""
+    """The open connections of every consumer listener of one daemon, by uid (Unix sockets) or by
+    peer address (a proxy's TCP listener): the total is shared.
+
+    A connection is added at accept and removed when aiohttp's handler loses it, so counting
+    costs O(1) however many are open (a thousand held watches, say).
+    """
 
     def __init__(self) -> None:
-        self._open: dict[int, list[asyncio.BaseTransport]] = {}
+        self._open: dict[int | str, set[asyncio.BaseTransport]] = {}
+        self._total = 0
 
     def take(self, uid: int, transport: asyncio.BaseTransport, per_uid: int,
              total: int) -> str | None:
         """Count ``transport`` against ``uid`` and the total, or say why not (limits reached)."""
-        for key in list(self._open):
-            alive = [t for t in self._open[key] if not t.is_closing()]
-            if alive:
-                self._open[key] = alive
-            else:
-                del self._open[key]
-        mine = self._open.get(uid, [])
-        in_all = sum(len(ts) for ts in self._open.values())
-        if len(mine) >= per_uid:
-            return (f"uid {uid} already has {len(mine)} connections open to tokend, the most one"
-                    " uid may have (server.max_connections_per_uid)")
-        if in_all >= total:
-            return (f"tokend already has {in_all} connections open, the most it accepts"
+        return self._take(uid, "uid", "server.max_connections_per_uid", transport, per_uid, total)
+
+    def take_address(self, address: str, transport: asyncio.BaseTransport, per_address: int,
+                     total: int) -> str | None:
+        """Count a TCP ``transport`` against its peer ``address`` and the total, or say why not."""
+        return self._take(address, "address", "server.max_connections_per_uid, per address on TCP",
+                          transport, per_address, total)
+
+    def release(self, uid: int, transport: asyncio.BaseTransport) -> None:
+        """``transport`` of ``uid`` is closed: its slot is free."""
+        self._release(uid, transport)
+
+    def release_address(self, address: str, transport: asyncio.BaseTransport) -> None:
+        """A TCP ``transport`` from ``address`` is closed: its slot is free."""
+        self._release(address, transport)
+
+    def _take(self, who: int | str, kind: str, setting: str, transport: asyncio.BaseTransport,
+              per_peer: int, total: int) -> str | None:
+        mine = self._open.get(who, set())
+        if len(mine) >= per_peer:
+            return (f"{kind} {who} already has {len(mine)} connections open to tokend, the most"
+                    f" one {kind} may have ({setting})")
+        if self._total >= total:
+            return (f"tokend already has {self._total} connections open, the most it accepts"
                     " (server.max_connections)")
-        self._open[uid] = [*mine, transport]
+        self._open.setdefault(who, mine).add(transport)
+        self._total += 1
         return None
+
+    def _release(self, who: int | str, transport: asyncio.BaseTransport) -> None:
+        mine = self._open.get(who)
+        if mine is not None and transport in mine:
+            mine.remove(transport)
+            self._total -= 1
+            if not mine:
+                del self._open[who]
 
 
 class PeerGate:
@@ -268,7 +318,7 @@ class PeerGate:
         """The message and remediation of the 403 a denied ``peer`` gets."""
         return denial_message(peer)
 
-    def count(self, outcome: str) -> None:
+    def count(self, outcome: RequestOutcome) -> None:
         """Count a request answered at the door: ``forbidden``, ``unavailable`` or ``bad_request``."""
         self.hub.metrics.requests.counts[outcome] += 1
 
@@ -321,6 +371,12 @@ class _Handler(RequestHandler):
         super().__init__(server, loop=asyncio.get_running_loop(), **kwargs)
         self._gate = gate
         self.peer = peer  # whom the gate admitted: the proxy logs the uid and hands it to logins
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Free the connection's slot, then let aiohttp clean up."""
+        if self.peer is not None and self.transport is not None:
+            self._gate.slots.release(self.peer.uid, self.transport)
+        super().connection_lost(exc)
 
     def handle_error(self, request: BaseRequest, status: int = 500,
                      exc: BaseException | None = None,

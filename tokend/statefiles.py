@@ -76,14 +76,15 @@ def read_small_file(path: Path, config_key: str, *, max_bytes: int, what: str,
     Raises ConfigError naming ``config_key`` (and ``what`` the file is, with ``fix``) when it cannot
     be read, is not a regular file, or exceeds ``max_bytes``.
     """
+    subject = f"{what} {path}" if what else str(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except (OSError, ValueError) as exc:
-        raise ConfigError(config_key, f"cannot read {what} {path}: {os_reason(exc)}", fix) from None
+        raise ConfigError(config_key, f"cannot read {subject}: {os_reason(exc)}", fix) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(config_key, f"{what} {path} is not a regular file", fix)
+            raise ConfigError(config_key, f"{subject} is not a regular file", fix)
         chunks: list[bytes] = []
         size = 0
         while size <= max_bytes:
@@ -93,11 +94,11 @@ def read_small_file(path: Path, config_key: str, *, max_bytes: int, what: str,
             chunks.append(chunk)
             size += len(chunk)
     except OSError as exc:
-        raise ConfigError(config_key, f"cannot read {what} {path}: {os_reason(exc)}", fix) from None
+        raise ConfigError(config_key, f"cannot read {subject}: {os_reason(exc)}", fix) from None
     finally:
         os.close(fd)
     if size > max_bytes:
-        raise ConfigError(config_key, f"{what} {path} is larger than {max_bytes} bytes", fix)
+        raise ConfigError(config_key, f"{subject} is larger than {max_bytes} bytes", fix)
     return b"".join(chunks), st
 
 
@@ -165,11 +166,12 @@ def write_atomically(path: Path, data: bytes, mode: int, *, exclusive: bool = Fa
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

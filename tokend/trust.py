@@ -7,13 +7,12 @@ tokend trust something it did not compare. Every problem is a :class:`ConfigErro
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
-import stat
 from pathlib import Path
 
 from tokend.errors import ConfigError
+from tokend.statefiles import read_small_file
 
 #: A CA bundle is a few hundred KiB at most (the whole Mozilla set is ~220 KiB).
 MAX_CA_FILE_BYTES = 4 * 1024 * 1024
@@ -28,28 +27,8 @@ def read_ca_file(path: Path, key: str) -> bytes:
 
     Opened non-blocking and required to be a regular file, so a FIFO cannot hang the caller.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(key, f"cannot read {path}: {_reason(exc)}", _FIX) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(key, f"{path} is not a regular file", _FIX)
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_CA_FILE_BYTES:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {_reason(exc)}", _FIX) from None
-    finally:
-        os.close(fd)
-    if size > MAX_CA_FILE_BYTES:
-        raise ConfigError(key, f"{path} is larger than {MAX_CA_FILE_BYTES} bytes", _FIX)
-    return b"".join(chunks)
+    data, _ = read_small_file(path, key, max_bytes=MAX_CA_FILE_BYTES, what="", fix=_FIX)
+    return data
 
 
 def ca_context(pem: bytes, path: Path, key: str) -> ssl.SSLContext:

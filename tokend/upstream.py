@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -34,6 +34,7 @@ from tokend.errors import (
     UpstreamError,
 )
 from tokend.jwtinfo import Claims, decode_claims
+from tokend.names import BodyForm, Operation
 from tokend.secrets import Secret
 from tokend.trust import ca_context, read_ca_file
 from tokend.values import format_pin, pin_digest
@@ -47,8 +48,6 @@ MAX_ERROR_BODY = 64 << 10  # what is read of an error answer: enough for any Err
 MAX_ACCESS_TOKEN = 16 * 1024  # bytes (ASCII once it is a JWS); the vendor's is under 2 KiB
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
-Operation = Literal["login", "refresh", "revoke"]
-BodyForm = Literal["json", "bare"]
 
 # Compact JWS (RFC 7515 §7.1): header and payload base64url, non-empty; the signature may be empty.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -310,7 +309,7 @@ class UpstreamClient:
 
     async def refresh(self, refresh_id: str) -> Issued:
         """``PATCH /v1/tokens/access-token/refresh``, discovering the body form on first use."""
-        form: BodyForm = self.refresh_form or "json"
+        form: BodyForm = self.refresh_form or "json_string"
         response = await self._call("refresh", "PATCH", REFRESH_PATH, _refresh_body(form, refresh_id))
         if response.status == 400 and self.refresh_form is None:
             # No form has worked yet: the server may want the bare id (the PowerShell module's form).
@@ -327,7 +326,7 @@ class UpstreamClient:
 
     async def revoke(self, refresh_id: str) -> None:
         """``DELETE /v1/tokens/refresh-token``."""
-        form: BodyForm = self.refresh_form or "json"
+        form: BodyForm = self.refresh_form or "json_string"
         response = await self._call("revoke", "DELETE", REVOKE_PATH, _refresh_body(form, refresh_id))
         if not 200 <= response.status < 300:
             raise self._http_failure(response, "revoke")
@@ -501,7 +500,7 @@ def _encodable(text: str) -> bool:
 def _refresh_body(form: BodyForm, refresh_id: str) -> bytes:
     if not _encodable(refresh_id):  # login refuses such an id; this keeps UnicodeError inside
         raise RefreshTokenGone("the refresh token id is not valid Unicode text and cannot be sent")
-    return (json.dumps(refresh_id) if form == "json" else refresh_id).encode()
+    return (json.dumps(refresh_id) if form == "json_string" else refresh_id).encode()
 
 
 def _json(response: _Response, operation: str) -> Any:

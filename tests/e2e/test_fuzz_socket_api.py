@@ -38,8 +38,8 @@ REQUEST_TIMEOUT = 1.0  # tokend's request_timeout: how long a min_ttl/invalidate
 JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 TOKEN_KEYS = {"target", "tokenType", "accessToken", "expiresAt", "expiresIn", "upstreamExp",
               "fingerprint"}
-STATUS_KEYS = {"name", "state", "expiresAt", "expiresIn", "lastRefreshAt", "nextRefreshAt",
-               "consecutiveFailures", "lastError"}
+STATUS_KEYS = {"name", "url", "state", "expiresAt", "expiresIn", "lastRefreshAt", "nextRefreshAt",
+               "consecutiveFailures", "lastError", "lockout"}
 SERVED_503 = {"TOKEN_UNAVAILABLE", "TOKEN_BELOW_MIN_TTL"}
 
 

@@ -35,6 +35,7 @@ from tests.e2e.proxy_fixtures import (
     status_of,
 )
 from tests.support import PASSWORD, Tokend, eventually, write_config, write_toml
+from tokend.proxy.canon import parse_request_target, route_key
 from tokend.testing.proxy_routes import stream_bytes
 
 __all__ = ["make_proxied", "proxied"]  # fixtures, used by name
@@ -346,6 +347,14 @@ async def test_dot_segments_and_slashes_are_resolved_once_and_token_paths_stay_l
                  "/v1/%74okens/access-token/refresh", "/v1/tokens/anything"):
         for method in ("GET", "POST", "PATCH", "DELETE"):
             local = await proxied.request(method, path, b"{}")
+            # The facade answers its three endpoints (a login on a Unix socket needs no body; "{}"
+            # is no refresh id); every other token path is unknown here.
+            endpoint = {("POST", "/v1/tokens"): 201, ("DELETE", "/v1/tokens/refresh-token"): 204,
+                        ("PATCH", "/v1/tokens/access-token/refresh"): 404}.get(
+                (method, route_key(parse_request_target(path).path)))
+            if endpoint is not None:
+                assert local.status == endpoint, (method, path, local.body)
+                continue
             assert local.status in (404, 405), (method, path, local.body)
             assert error_of(local)["errorCode"] in ("NOT_FOUND", "METHOD_NOT_ALLOWED")
     raw = await proxied.raw(b"GET /v1/../../v1/tokens HTTP/1.1\r\nHost: x\r\n"

@@ -359,10 +359,11 @@ async def test_status_and_health_endpoints(upstream: Upstream, tokend: Tokend) -
     assert set(document) == {"targets"}
     assert len(document["targets"]) == 1
     status = document["targets"][0]
-    assert set(status) == {"name", "state", "expiresAt", "expiresIn", "lastRefreshAt",
+    assert set(status) == {"name", "url", "state", "expiresAt", "expiresIn", "lastRefreshAt",
                            "nextRefreshAt", "consecutiveFailures", "lastError", "lockout"}
     assert status["lockout"] is None  # no rejected login on record
     assert status["name"] == "t1"
+    assert status["url"] == upstream.url  # SPEC §10.2: the origin the auth hooks send to
     assert status["state"] == "valid"
     assert isinstance(status["expiresIn"], int) and 0 < status["expiresIn"] <= 6
     token = await tokend.token()

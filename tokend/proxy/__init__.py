@@ -7,5 +7,6 @@ forwarder: one connection pool per proxy, streaming, the 401 retry), :mod:`~toke
 proxy's listener, its routes and its life). The facade's parts: :mod:`~tokend.proxy.localtoken`
 (local tokens and session keys), :mod:`~tokend.proxy.users` (the bcrypt users file),
 :mod:`~tokend.proxy.bruteforce` (login limits) and :mod:`~tokend.proxy.tlsgen` (the TCP
-listener's certificate).
+listener's certificate); :mod:`~tokend.proxy.facade` (the token endpoints and who may forward,
+built on them) and :mod:`~tokend.proxy.tcp` (the HTTPS listener).
 """

@@ -14,14 +14,18 @@ forwarded like any other path (the SDDC Manager answers it).
 
 Life: :meth:`Proxy.open` takes the socket (a second tokend fails here, before any login),
 :meth:`Proxy.start` serves, :meth:`Proxy.stop` stops accepting, lets requests in flight finish (at
-most :data:`STOP_GRACE`), closes the pool and removes the socket. A TCP listener (the facade's)
-is another site on the same runner: see :meth:`Proxy.add_site`.
+most :data:`STOP_GRACE`), closes the pool and removes the socket. The facade's HTTPS listener
+(:mod:`~tokend.proxy.tcp`) is another site on the same runner, bound and closed with the socket;
+its connections carry a TCP :class:`Caller`. Every 30 s (and on SIGHUP, :meth:`Proxy.check_files`)
+the files the proxy's parts watch are re-read: the target's ``ca_file``, the session keys, the
+users file, the listener's certificate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import time
@@ -53,16 +57,20 @@ from tokend.proxy.seams import (
     REVOKE,
     Authorizer,
     Caller,
+    FileWatcher,
     LocalLogin,
     NoLocalLogin,
     UnixPeers,
 )
+from tokend.proxy.tcp import TcpListener
 from tokend.server import IDLE_TIMEOUT, ConnectionSlots, GatedUnixSite, Hub, PeerGate, peer_of_request
 from tokend.trust import read_ca_file
 from tokend.values import group_id
 
 STOP_GRACE = 5.0  # requests in flight when a proxy stops may finish within this
-TRUST_CHECK_INTERVAL = 30.0  # ca_file is re-read like the keeper's (SPEC §8.8)
+TRUST_CHECK_INTERVAL = 30.0  # ca_file is re-read like the keeper's (SPEC §8.8); so are the
+# facade's files (SPEC §9.3, §9.7)
+LIMIT_LOG_INTERVAL = 60.0  # proxy.connection_limit: at most once a minute per address
 log = get_logger()
 
 
@@ -72,6 +80,7 @@ class ProxyGate(PeerGate):
     def __init__(self, hub: Hub, proxy: Proxy, slots: ConnectionSlots) -> None:
         super().__init__(hub, slots)
         self.proxy = proxy
+        self._limit_logged_by_address: dict[str, float] = {}
 
     def admit(self, peer: Peer) -> bool:
         """This proxy's allow-lists, as currently loaded."""
@@ -89,6 +98,25 @@ class ProxyGate(PeerGate):
         """Lines of a proxy's gate name its target and socket."""
         return {"target": self.proxy.name, "socket": str(self.proxy.socket_path)}
 
+    def take_address(self, address: str,
+                     transport: asyncio.BaseTransport) -> tuple[str, str] | None:
+        """A TCP connection from ``address``: counted, or (message, remediation) why not."""
+        server = self.hub.config.server
+        why = self.slots.take_address(address, transport, server.max_connections_per_uid,
+                                      server.max_connections)
+        if why is None:
+            return None
+        self.count("unavailable")
+        now = time.monotonic()
+        logged = self._limit_logged_by_address
+        if now - logged.get(address, -math.inf) >= LIMIT_LOG_INTERVAL:
+            if len(logged) > 4096:  # bounded, whatever addresses come and go
+                logged.clear()
+            logged[address] = now
+            log.warning("proxy.connection_limit", target=self.proxy.name, address=address,
+                        message=why)
+        return why, "Reuse one connection, or close idle ones; retry after Retry-After"
+
 
 def caller_of(request: web.BaseRequest) -> Caller:
     """Who sent ``request``: set by the listener on its connection handler (``caller``), or, on a
@@ -104,13 +132,15 @@ class Proxy:
 
     def __init__(self, config: ProxyConfig, hub: Hub, slots: ConnectionSlots,
                  metrics: ProxyMetrics, login: LocalLogin | None = None,
-                 authorizer: Authorizer | None = None) -> None:
+                 authorizer: Authorizer | None = None,
+                 listener: TcpListener | None = None) -> None:
         self.config = config
         self.name = config.target
         self.hub = hub
         self.metrics = metrics
         self.login: LocalLogin = login if login is not None else NoLocalLogin()
         self.authorizer: Authorizer = authorizer if authorizer is not None else UnixPeers()
+        self.listener = listener  # the HTTPS listener over TCP, if ``listen`` is set
         self.forwarder: Forwarder | None = None
         self.socket_path: Path | None = None  # the file tokend created (None: systemd's)
         self._slots = slots
@@ -127,8 +157,18 @@ class Proxy:
         """Take the socket: systemd's ``activated`` one, or lock and bind ``socket``.
 
         Raises ConfigError naming ``proxies[N].socket`` (a live tokend holds it, the directory is
-        missing, the group does not exist).
+        missing, the group does not exist) or ``proxies[N].listen`` (the address is taken); what
+        was taken before the failure is given back.
         """
+        self._open_unix(activated, backlog)
+        if self.listener is not None:
+            try:
+                self.listener.open(backlog)
+            except BaseException:
+                self.discard()
+                raise
+
+    def _open_unix(self, activated: socket.socket | None, backlog: int) -> None:
         if activated is not None:
             if self.config.socket_mode_set:
                 log.warning("config.ignored", key=self.config.key("socket_mode/socket_group"),
@@ -162,7 +202,9 @@ class Proxy:
         return Forwarder(target, config or self.config, self.metrics, ca_pem)
 
     def discard(self) -> None:
-        """Give back a socket :meth:`open` took for a proxy that will never start."""
+        """Give back the sockets :meth:`open` took for a proxy that will never start."""
+        if self.listener is not None:
+            self.listener.close()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -182,12 +224,20 @@ class Proxy:
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=STOP_GRACE)
         await runner.setup()
         self._runner = runner
+        gate = ProxyGate(self.hub, self, self._slots)
         if self._sock is not None:
-            await GatedUnixSite(runner, self._sock, ProxyGate(self.hub, self, self._slots),
-                                backlog).start()
+            await GatedUnixSite(runner, self._sock, gate, backlog).start()
+        listener = self.listener
+        if listener is not None:
+            await self.add_site(lambda r: listener.site(r, gate, backlog))
         self._trust_task = asyncio.create_task(self._check_trust_now_and_then(),
                                                name=f"proxy-trust:{self.name}")
-        log.info("proxy.started", target=self.name, socket=self._socket_name())
+        fields: dict[str, Any] = {"target": self.name, "socket": self._socket_name()}
+        if listener is not None:
+            fields["listen"] = listener.address
+            if listener.ca_file is not None:
+                fields["ca_file"] = str(listener.ca_file)
+        log.info("proxy.started", **fields)
 
     async def add_site(self, make_site: Any) -> None:
         """Serve this proxy on one more listener: ``make_site(runner)`` returns an aiohttp site.
@@ -212,6 +262,8 @@ class Proxy:
         elif self._sock is not None:
             self._sock.close()  # opened by a reload that never started it
         self._sock = None
+        if self.listener is not None:
+            self.listener.close()
         for forwarder in [*self._retired, *([self.forwarder] if self.forwarder else [])]:
             await forwarder.close()
         self._retired.clear()
@@ -224,11 +276,19 @@ class Proxy:
             self._lock.release()
             self._lock = None
 
-    def reconfigure(self, config: ProxyConfig, forwarder: Forwarder | None) -> None:
-        """SIGHUP with the same socket path: new allow-lists at once, the socket's mode and group
-        set on the file, and ``forwarder`` (if new) for the requests from now on."""
+    def reconfigure(self, config: ProxyConfig, forwarder: Forwarder | None,
+                    login: LocalLogin | None = None, authorizer: Authorizer | None = None) -> None:
+        """SIGHUP with the same socket path and listener: new allow-lists at once, the socket's
+        mode and group set on the file, ``forwarder`` (if new) for the requests from now on, and
+        the facade's ``login`` and ``authorizer`` (if given) for the next requests."""
         old = self.config
         self.config = config
+        if login is not None:
+            self.login = login
+        if authorizer is not None:
+            self.authorizer = authorizer
+        if self.listener is not None:
+            self.listener.config = config
         if self.socket_path is not None and (config.socket_mode, config.socket_group) != (
                 old.socket_mode, old.socket_group):
             self._set_mode(config)
@@ -261,10 +321,21 @@ class Proxy:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+    def check_files(self, regenerate: bool = False) -> None:
+        """Re-read what the login, the authorizer and the listener watch, if it changed; with
+        ``regenerate`` (SIGHUP), generated TLS material near its expiry is made anew."""
+        seen: list[object] = []
+        for part in (self.login, self.authorizer, self.listener):
+            if isinstance(part, FileWatcher) and not any(part is s for s in seen):
+                seen.append(part)
+                part.check_files(regenerate)
+
     async def _check_trust_now_and_then(self) -> None:
-        """Re-read the target's ``ca_file``; a changed one gets a new forwarder (SPEC §8.8)."""
+        """Re-read the target's ``ca_file``; a changed one gets a new forwarder (SPEC §8.8).
+        The facade's files too (:meth:`check_files`)."""
         while True:
             await asyncio.sleep(TRUST_CHECK_INTERVAL)
+            self.check_files()
             self._close_idle()
             current = self.forwarder
             if current is None:

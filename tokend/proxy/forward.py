@@ -52,6 +52,7 @@ from tokend.errbody import error_body, error_response
 from tokend.keeper import ServedToken, ServeError
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import ProxyMetrics
+from tokend.names import ProxyOutcome
 from tokend.proxy.canon import Refused, RequestTarget, upstream_url
 from tokend.proxy.headers import request_headers, response_headers
 from tokend.upstream import parse_detail, tls_setting
@@ -88,7 +89,7 @@ class Forwarded:
 
     response: web.StreamResponse
     status: int
-    outcome: str  # one of tokend.metrics.PROXY_OUTCOMES
+    outcome: ProxyOutcome
     error: str | None = None  # what went wrong, for the log (never a secret)
 
 
@@ -364,7 +365,7 @@ class Forwarder:
 
     async def _pass_error(self, request: web.BaseRequest, status: int, reason: str,
                           headers: CIMultiDictProxy[str], body: bytes | None,
-                          outcome: str = "forwarded") -> Forwarded:
+                          outcome: ProxyOutcome = "forwarded") -> Forwarded:
         """An upstream error answer, redacted, or withheld when it cannot be checked."""
         out = response_headers(headers.items())
         out.popall("Content-Length", None)
@@ -427,7 +428,7 @@ class Forwarder:
 # -- helpers without state -----------------------------------------------------------------------
 
 
-def _local(status: int, code: str, message: str, outcome: str, *, remediation: str = "",
+def _local(status: int, code: str, message: str, outcome: ProxyOutcome, *, remediation: str = "",
            retry_after: float | None = None, reference_token: str | None = None,
            headers: CIMultiDict[str] | None = None) -> Forwarded:
     """An answer of tokend's own, in the Error shape (503s with ``Retry-After``).

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from aiohttp import web
 
@@ -74,6 +74,16 @@ class Authorizer(Protocol):
         or None to answer 401 ``Unauthorized``."""
 
 
+@runtime_checkable
+class FileWatcher(Protocol):
+    """A part of a proxy that reads files (session keys, users, certificates): the proxy asks it
+    every 30 s and on SIGHUP to re-read them if they changed."""
+
+    def check_files(self, regenerate: bool = False) -> None:
+        """Re-read changed files; a file that cannot be used is logged and the last good one
+        kept. ``regenerate`` (SIGHUP): make generated material anew if it is due."""
+
+
 class NoLocalLogin:
     """The token endpoints before the facade is wired in: 404 in the Error shape."""
 
@@ -100,20 +110,31 @@ class UnixPeers:
         return caller.who
 
 
-async def read_login_body(request: web.BaseRequest) -> bytes | None:
+class LoginBodyRefused(Exception):
+    """A token endpoint's body that is too large (413) or too slow (408); answer ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def read_login_body(request: web.BaseRequest) -> bytes:
     """A token endpoint's body, at most :data:`MAX_LOGIN_BODY` bytes arriving within
-    :data:`LOGIN_BODY_TIMEOUT`; None when it is larger or slower (answer 413 or 408)."""
+    :data:`LOGIN_BODY_TIMEOUT`; raises :class:`LoginBodyRefused` when it is larger or slower."""
+    too_large = LoginBodyRefused(413, f"the request body is larger than {MAX_LOGIN_BODY} bytes")
     if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
-        return None
+        raise too_large
     data = bytearray()
     try:
         async with asyncio.timeout(LOGIN_BODY_TIMEOUT):
             while chunk := await request.content.read(MAX_LOGIN_BODY + 1 - len(data)):
                 data += chunk
                 if len(data) > MAX_LOGIN_BODY:
-                    return None
+                    raise too_large
     except TimeoutError:
-        return None
+        raise LoginBodyRefused(408, f"the request body did not arrive within"
+                               f" {LOGIN_BODY_TIMEOUT:g} s") from None
     return bytes(data)
 
 

@@ -31,12 +31,12 @@ from typing import Any
 
 from aiohttp import web
 
+from tokend.names import BodyForm
 from tokend.testing.claims import ODD_CLAIM_KINDS, access_claims, sign
-from tokend.testing.faults import TOKEN_OPERATIONS, Faults, MalformedKind, Operation, ScriptedFault
+from tokend.testing.faults import TOKEN_OPERATIONS, Faults, MalformedKind, Route, ScriptedFault
 from tokend.testing.proxy_routes import add_proxy_routes
 from tokend.testing.wire import (
     UNAUTHORIZED_MESSAGE,
-    BodyForm,
     body_form,
     drop,
     drop_mid_response,
@@ -58,7 +58,7 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class CallRecord:
     """One request the fake answered (or dropped: ``status`` 0)."""
 
-    operation: Operation
+    operation: Route
     status: int
     at: float  # time.monotonic() when the request arrived
     body_form: BodyForm | None
@@ -122,13 +122,13 @@ class FakeSddc:
         """The fake's wall clock: the injected clock plus ``faults.clock_skew``."""
         return self.clock() + self.faults.clock_skew
 
-    def count(self, operation: Operation, status: int | None = None) -> int:
+    def count(self, operation: Route, status: int | None = None) -> int:
         """How many calls of ``operation`` were answered (with ``status``, if given)."""
         return sum(
             1 for c in self.calls if c.operation == operation and (status is None or c.status == status)
         )
 
-    def calls_of(self, operation: Operation, status: int | None = None) -> list[CallRecord]:
+    def calls_of(self, operation: Route, status: int | None = None) -> list[CallRecord]:
         """The calls of ``operation`` (answered with ``status``, if given), oldest first."""
         return [c for c in self.calls if c.operation == operation and (status is None or c.status == status)]
 
@@ -214,7 +214,7 @@ class FakeSddc:
         """Date from the fake's clock, so injected skew shows where clients measure it."""
         response.headers["Date"] = email.utils.formatdate(self.now(), usegmt=True)
 
-    def _wrap(self, operation: Operation, handler: _Handler, read_body: bool = True) -> _Handler:
+    def _wrap(self, operation: Route, handler: _Handler, read_body: bool = True) -> _Handler:
         """Record the call and apply delays, outages and queued faults around ``handler``.
 
         ``read_body`` False leaves the body to the handler (recorded as empty).
@@ -239,7 +239,7 @@ class FakeSddc:
         return run
 
     async def _answer(
-        self, request: web.Request, operation: Operation, handler: _Handler
+        self, request: web.Request, operation: Route, handler: _Handler
     ) -> web.StreamResponse:
         """The answer to one call (after a dropped connection, one that cannot be sent)."""
         delay = self.faults.delay_for(operation)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 #: The calls the fake answers: the three token endpoints and ``GET /v1/domains``.
-Operation = Literal["login", "refresh", "revoke", "domains", "echo", "sink", "stream", "other"]
+Route = Literal["login", "refresh", "revoke", "domains", "echo", "sink", "stream", "other"]
 #: What a fault applies to: one operation, or ``"any"`` of the three token endpoints.
 FaultTarget = Literal["login", "refresh", "revoke", "domains", "echo", "sink", "stream", "any"]
 #: How a broken connection is broken: after the headers, or before any answer.
@@ -45,7 +45,7 @@ class ScriptedFault:
     malformed: MalformedKind = "not_json"
     drop_when: DropWhen = "headers"
 
-    def matches(self, operation: Operation) -> bool:
+    def matches(self, operation: Route) -> bool:
         """Whether this fault applies to a call of ``operation`` ("any" means every token endpoint)."""
         if self.target == "any":
             return operation in TOKEN_OPERATIONS
@@ -141,11 +141,11 @@ class Faults:
         """Forget every refresh token, as if an administrator revoked them all."""
         self._revoke_all()
 
-    def delay_for(self, operation: Operation) -> float:
+    def delay_for(self, operation: Route) -> float:
         """Seconds to wait before answering a call of ``operation``."""
         return self.delays.get(operation, self.delay)
 
-    def peek(self, operation: Operation) -> ScriptedFault | None:
+    def peek(self, operation: Route) -> ScriptedFault | None:
         """The first queued fault matching ``operation``, left in the queue."""
         return next((fault for fault in self.queue if fault.matches(operation)), None)
 
@@ -155,7 +155,7 @@ class Faults:
         if fault.remaining <= 0 and fault in self.queue:
             self.queue.remove(fault)
 
-    def take_malformed(self, operation: Operation) -> MalformedKind | None:
+    def take_malformed(self, operation: Route) -> MalformedKind | None:
         """The kind of the malformed answer due for a successful call of ``operation``, if one is."""
         fault = self.peek(operation)
         if fault is None or fault.kind != "malformed":

@@ -8,14 +8,14 @@ import json
 import secrets
 import string
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
+from tokend.names import BodyForm
 from tokend.testing.faults import MalformedKind
 
 #: How a refresh or revoke body carries the refresh token id: a JSON string, or the bare id.
-BodyForm = Literal["json_string", "bare"]
 
 UNAUTHORIZED_MESSAGE = "Authorization Header is missing or not in correct format"
 
