@@ -108,3 +108,51 @@ def test_a_peer_that_has_exited_has_only_its_primary_group() -> None:
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     assert _supplementary_groups(int(done.stdout)) == frozenset()
+
+
+def connect_child(setup: str) -> tuple[Peer, subprocess.Popen[str]]:
+    """``peer_of`` a child that runs ``setup`` (Python) before it connects; the child still runs."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"\0tokend-test-peers-{os.getpid()}-{id(setup)}")
+    listener.listen(1)
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import os, socket, sys\n{setup}\n"
+         "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+         f"s.connect({listener.getsockname()!r}); sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, text=True)
+    try:
+        conn, _ = listener.accept()
+        with conn:
+            return peer_of(conn), child
+    finally:
+        listener.close()
+
+
+def finish(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None
+    child.stdin.close()
+    child.wait(timeout=10)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can take a uid above 2**31")
+def test_a_uid_and_gid_above_2_to_the_31_are_read_as_the_ids_the_allow_lists_name() -> None:
+    # uid_t and gid_t are unsigned: 3000000000 is a uid the config accepts (below 2**32 - 1).
+    seen, child = connect_child("os.setgroups([]); os.setgid(3000000001); os.setuid(3000000000)")
+    finish(child)
+
+    assert (seen.uid, seen.gid) == (3_000_000_000, 3_000_000_001)
+    assert admits(server(uids={3_000_000_000}), seen)
+    assert admits(server(gids={3_000_000_001}), seen)
+
+
+def test_a_peer_whose_name_is_not_ascii_still_has_its_groups_read() -> None:
+    # The Name: line of /proc/<pid>/status is the peer's own choice of bytes.
+    seen, child = connect_child("open('/proc/self/comm', 'wb').write(b'w\\xffrk\\xe9r')")
+    try:
+        with open(f"/proc/{child.pid}/status", "rb") as status:
+            assert status.readline() == b"Name:\tw\xffrk\xe9r\n"
+    finally:
+        finish(child)
+
+    assert seen.groups == frozenset({os.getgid(), *os.getgroups()})
