@@ -10,13 +10,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
-from tokend.logs import REDACTED, REDACTOR, configure, get_logger
+from tokend.logs import REDACTED, REDACTOR, Redactor, configure, get_logger
 
 PASSWORD = "Nested-Passw0rd-d41d8c"
 REFRESH_ID = "rid-2b9a7e1c-nested"
@@ -140,3 +142,54 @@ def test_an_exception_logged_with_exc_info_is_redacted_on_the_console(journal: i
         assert secret not in text, text
     assert f"RuntimeError: login with {REDACTED} answered {REDACTED}" in text
     assert "raise_with_secrets" in text
+
+
+# -- the Redactor on its own: a fresh one, not the process-wide REDACTOR other tests fill -----------
+
+
+def test_a_registered_secret_of_four_characters_or_more_is_redacted_and_shorter_ones_are_not() -> None:
+    redactor = Redactor()
+    redactor.register("abc")  # would shred every line containing it
+    redactor.register("wxyz")
+
+    assert redactor.text("abc wxyz abcwxyz") == f"abc {REDACTED} abc{REDACTED}"
+
+
+def test_a_secret_containing_another_is_redacted_whole() -> None:
+    redactor = Redactor()
+    redactor.register("pass")
+    redactor.register("password-1")
+    redactor.register("pass")  # again: nothing changes
+
+    assert redactor.text("<password-1> <pass>") == f"<{REDACTED}> <{REDACTED}>"
+
+
+def test_jwts_are_redacted_with_or_without_registered_secrets() -> None:
+    redactor = Redactor()
+    assert redactor.text(f"token {JWT} end") == f"token {REDACTED} end"
+    redactor.register("s3cret")
+    assert redactor.text(f"{JWT} s3cret") == f"{REDACTED} {REDACTED}"
+
+
+def test_values_keep_their_json_types_and_other_objects_are_redacted_as_text() -> None:
+    redactor = Redactor()
+    redactor.register("s3cret")
+
+    assert redactor(None) is None and redactor(True) is True and redactor(False) is False
+    assert redactor(7) == 7 and type(redactor(7)) is int and redactor(1.5) == 1.5
+    assert redactor(Path("/run/s3cret")) == f"/run/{REDACTED}"
+    assert redactor(("s3cret", 1, [None, {"s3cret": ("x",)}])) == [
+        REDACTED, 1, [None, {REDACTED: ["x"]}]]
+
+
+def test_registering_from_many_threads_loses_no_secret() -> None:
+    redactor = Redactor()
+    values = [f"secret-{i:04d}" for i in range(200)]
+    threads = [threading.Thread(target=lambda chunk=chunk: [redactor.register(v) for v in chunk])
+               for chunk in (values[i::4] for i in range(4))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert redactor.text(" ".join(values)) == " ".join([REDACTED] * len(values))
