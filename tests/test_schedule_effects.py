@@ -14,7 +14,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.test_schedule import WALL, gone, held, logged_in, policy, rejected, transient
+from tests.test_schedule import (
+    WALL,
+    gone,
+    held,
+    logged_in,
+    policy,
+    refuse_brand_new_tokens,
+    rejected,
+    transient,
+)
 from tokend.errors import (
     CredentialsRejected,
     InvalidResponse,
@@ -23,8 +32,20 @@ from tokend.errors import (
     UpstreamDetail,
     UpstreamError,
 )
-from tokend.jwtinfo import fingerprint
-from tokend.schedule import Call, CheckSecret, HeldToken, Log, RefreshPolicy, iso_utc, remediation
+from tokend.jwtinfo import Claims, fingerprint
+from tokend.schedule import (
+    Call,
+    CheckSecret,
+    HeldToken,
+    Log,
+    RefreshPolicy,
+    Revoke,
+    StateChanged,
+    Withdraw,
+    iso_utc,
+    remediation,
+    tracked_lifetime,
+)
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3OTU4NDkyMDB9.c2ln"
 
@@ -285,3 +306,128 @@ def test_no_consumer_refresh_while_failures_back_off_or_when_locked_out_without_
     r.failures = 0
     assert r.locked_out and r.has_refresh_token
     assert r.consumer_refresh(702.0) is not None  # a refresh needs no login
+
+
+# -- second round: what the first mutation run still let through -----------------------------------
+
+
+def test_the_first_token_changes_the_state_from_starting_to_valid() -> None:
+    p = policy()
+    p.observe_secret("secret-1")
+
+    effects = p.on_token(0.0, held(0.0, 100.0), "login", "rid-1")
+
+    assert [e for e in effects if isinstance(e, StateChanged)] == [StateChanged("starting", "valid")]
+
+
+def test_a_login_call_carries_no_refresh_id_and_a_refresh_call_carries_the_held_one() -> None:
+    p = logged_in(now=0.0, lifetime=100.0)
+    p.on_failure(70.0, "refresh", transient())
+    p.on_failure(71.0, "refresh", transient())
+    p.on_failure(73.0, "refresh", transient())  # three in a row: the next call is a login
+
+    [login] = [e for e in poll_to_call(p, 80.0) if isinstance(e, Call)]
+    assert login == Call("login", None)
+    p.on_token(80.0, held(80.0, 100.0), "login", "rid-2")
+    [refresh] = [e for e in poll_to_call(p, 160.0) if isinstance(e, Call)]
+    assert refresh == Call("refresh", "rid-2")
+
+
+@pytest.mark.parametrize("status", [300, 302, 308, 399])
+def test_a_redirected_login_is_backed_off_like_any_failure_and_revokes_nothing(status: int) -> None:
+    p = policy(max_backoff=300.0, rand=lambda: 0.99)
+    p.observe_secret("secret-1")
+    now = 0.0
+    for _ in range(8):
+        effects = p.on_failure(now, "login", InvalidResponse("redirect not followed", status=status,
+                                                             issued_refresh_id="rid-orphan"))
+        assert not [e for e in effects if isinstance(e, Revoke)]
+        gap = p.next_action(now).at - now
+        now += gap
+
+    assert gap <= 30.0  # without a token, backoff is capped at 30 s
+
+
+@pytest.mark.parametrize("status", [200, 201, None])
+def test_a_refused_answer_to_an_accepted_login_is_revoked_and_backed_off_long(status: int | None) -> None:
+    p = policy(max_backoff=300.0, rand=lambda: 0.99)
+    p.observe_secret("secret-1")
+    now = 0.0
+    for _ in range(8):
+        effects = p.on_failure(now, "login", InvalidResponse("expired at issue", status=status,
+                                                             issued_refresh_id="rid-orphan"))
+        assert Revoke("rid-orphan") in effects
+        gap = p.next_action(now).at - now
+        now += gap
+
+    assert gap > 30.0  # past the no-token cap: a bad server is not asked every 30 s
+
+
+def test_a_retry_after_under_a_second_is_still_honoured() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0, rand=lambda: 0.0)
+
+    p.on_failure(2520.0, "refresh", transient(retry_after=0.9))
+
+    assert p.next_action(2520.0).at == pytest.approx(2520.9)
+
+
+def test_three_crashes_during_refreshes_fall_back_to_a_login() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    for at in (2520.0, 2530.0, 2560.0):
+        p.in_flight = "refresh"
+        p.on_crash(at, UpstreamError("tokend crashed"))
+
+    assert p.transient_refresh_failures == 3
+    assert p.next_action(2600.0).kind == "login"
+
+
+def test_a_consumer_refresh_due_at_once_is_not_logged_as_deferred_and_a_deferred_one_says_consumer() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+
+    assert p.consumer_refresh(100.0) == 100.0
+    assert not [e for e in logs(p.poll(100.0)) if e.event == "token.refresh_deferred"]
+
+    q = logged_in(now=0.0, lifetime=3600.0)
+    assert q.consumer_refresh(2.0) == 5.0  # within the quiet time after the new token
+    [deferred] = [e for e in logs(q.poll(2.0)) if e.event == "token.refresh_deferred"]
+    assert deferred.fields == {"reason": "consumer", "in": 3.0}
+
+
+def test_a_token_refused_exactly_at_the_end_of_its_quiet_time_is_not_brand_new() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    token = p.valid_token(0.0)
+    assert token is not None
+
+    due = p.consumer_refresh(5.0, token.fingerprint, refused=True)  # 5 s: quiet time over
+
+    assert due == 5.0 and p._refused_new_tokens == 0
+
+
+def test_consumers_refusing_brand_new_tokens_log_why_their_reports_stop() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    now = refuse_brand_new_tokens(p, 2, start=0.0)
+    token = p.valid_token(now)
+    assert token is not None
+    assert p.consumer_refresh(now + 1.0, token.fingerprint, refused=True) is None
+
+    effects = p.poll(now + 1.0)
+
+    assert StateChanged("valid", "degraded") in effects
+    assert Log("warning", "token.rejected_by_consumers", {
+        "reason": "consumers reported 3 brand-new tokens in a row refused: the upstream issues"
+                  " tokens it does not accept; reports no longer refresh until the next"
+                  " scheduled refresh or SIGHUP"}) in effects
+
+
+def test_an_expired_token_is_withdrawn_by_name() -> None:
+    p = logged_in(now=0.0, lifetime=100.0)
+    token = p.valid_token(0.0)
+
+    assert Withdraw(token) in p.expire(100.0)  # type: ignore[arg-type]
+
+
+def test_a_token_expired_when_issued_is_refused_saying_so() -> None:
+    with pytest.raises(InvalidResponse) as caught:
+        tracked_lifetime(Claims(exp=WALL - 10, iat=WALL - 3610), sent_wall=WALL, server_date=WALL)
+
+    assert caught.value.message == "the access token is already expired when issued"
