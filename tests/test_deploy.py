@@ -635,7 +635,11 @@ def test_dockerfile_lints_clean() -> None:
 def test_dockerfile_structure() -> None:
     lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
     froms = [line for line in lines if line.startswith("FROM ")]
-    assert froms == ["FROM python:3.12-slim AS build", "FROM python:3.12-slim"]
+    # Both stages share one base, a build argument whose default users get is the public image
+    # (.ci/image passes a local Debian base instead).
+    assert froms == ["FROM ${BASE} AS build", "FROM ${BASE}"]
+    assert [line for line in lines if line.startswith("ARG BASE")] == ["ARG BASE=python:3.12-slim"]
+    assert lines.index("ARG BASE=python:3.12-slim") < lines.index(froms[0])
     final = lines[lines.index(froms[-1]):]
     users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert len(users) == 1 and all(part.isdigit() and int(part) > 0 for part in users[0].split(":"))
