@@ -8,8 +8,11 @@
 // time from its 'response' event at microsecond resolution, and prints autocannon's own result
 // JSON with one extra key, "latencyMicros".
 //
-// usage: node bench/cannon.js --socket PATH --url URL -c N -d SECONDS [-w WARMUP_SECONDS]
+// usage: node bench/cannon.js [--socket PATH] --url URL -c N -d SECONDS [-w WARMUP_SECONDS]
 //        [--latencies FILE]   (every 2xx response time, ms, as little-endian float64)
+//        [--headers FILE]     (a JSON object of request headers, e.g. an Authorization header:
+//                              kept out of the command line, which every local user can read)
+// Without --socket, the URL's host and port are connected to over TCP.
 // Needs autocannon where require() finds it: NODE_PATH="$(npm root -g)" for a global install.
 'use strict'
 
@@ -30,22 +33,24 @@ function parseArgs (argv) {
     else if (a === '-S' || a === '--socket') opts.socketPath = next()
     else if (a === '--url') opts.url = next()
     else if (a === '--latencies') opts.latencies = next()
+    else if (a === '--headers') opts.headers = JSON.parse(fs.readFileSync(next(), 'utf8'))
     else throw new Error(`unknown argument ${a}`)
   }
-  if (!opts.socketPath) throw new Error('--socket is required')
   return opts
 }
 
 function run (opts, record) {
   return new Promise((resolve, reject) => {
     const latencies = []
-    const instance = autocannon({
+    const options = {
       url: opts.url,
-      socketPath: opts.socketPath,
       connections: opts.connections,
       duration: opts.duration,
-      pipelining: 1
-    }, (err, result) => (err ? reject(err) : resolve({ result, latencies })))
+      pipelining: 1,
+      headers: opts.headers || {}
+    }
+    if (opts.socketPath) options.socketPath = opts.socketPath
+    const instance = autocannon(options, (err, result) => (err ? reject(err) : resolve({ result, latencies })))
     if (record) {
       instance.on('response', (client, statusCode, resBytes, responseTime) => {
         if (statusCode >= 200 && statusCode < 300) latencies.push(responseTime)

@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 SYSTEMD_DIR = REPO / "deploy" / "systemd"
 SERVICE = SYSTEMD_DIR / "tokend.service"
 SOCKET_UNIT = SYSTEMD_DIR / "tokend.socket"
+PROXY_SOCKET_UNIT = SYSTEMD_DIR / "tokend-proxy@.socket"
 SIDECAR = REPO / "deploy" / "kubernetes" / "tokend-sidecar.yaml"
+FACADE = REPO / "deploy" / "kubernetes" / "tokend-facade.yaml"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 
 # The exposure that `systemd-analyze security --offline=yes deploy/systemd/tokend.service` reported
@@ -109,7 +111,10 @@ def test_units_verify_clean(tmp_path: Path) -> None:
     (tmp_path / SERVICE.name).write_text(
         text.replace(f"ExecStart={INSTALLED_EXEC_START} ", f"ExecStart={tokend} "))
     shutil.copy(SOCKET_UNIT, tmp_path / SOCKET_UNIT.name)
-    result = run(analyze, "verify", str(tmp_path / SERVICE.name), str(tmp_path / SOCKET_UNIT.name))
+    shutil.copy(PROXY_SOCKET_UNIT, tmp_path / PROXY_SOCKET_UNIT.name)
+    # An instance of the proxy socket template is loaded from the template beside it.
+    result = run(analyze, "verify", str(tmp_path / SERVICE.name), str(tmp_path / SOCKET_UNIT.name),
+                 str(tmp_path / "tokend-proxy@sfo-vcf01.socket"))
     output = result.stdout + result.stderr
     ours = [line for line in output.splitlines() if "tokend" in line]
     assert result.returncode == 0 and not ours, f"systemd-analyze verify:\n{output}"
@@ -186,6 +191,50 @@ def test_socket_unit(socket_unit: dict[str, list[str]]) -> None:
     assert one(socket_unit, "Service") == "tokend.service"
     install = parse_unit(SOCKET_UNIT)["Install"]
     assert one(install, "WantedBy") == "sockets.target"
+
+
+def test_state_directory_is_tokends_state_dir(service: dict[str, list[str]], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # systemd makes /var/lib/<StateDirectory>, writable by tokend under ProtectSystem=strict, and
+    # passes it as $STATE_DIRECTORY, which tokend takes as server.state_dir when the config has none.
+    assert one(service, "StateDirectory") == "tokend"
+    # Consumers read <state_dir>/proxy-ca.pem; the private folder inside is tokend's own 0700.
+    assert one(service, "StateDirectoryMode") == "0755"
+    config = tmp_path / "config.toml"
+    config.write_text('[[targets]]\nname = "t"\nurl = "https://sddc.example"\n'
+                      'username = "u"\npassword_file = "/etc/tokend/t.password"\n')
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/tokend")
+    assert load_config(config).server.state_dir == Path("/var/lib/tokend")
+
+
+@pytest.fixture(scope="module")
+def proxy_socket_unit() -> dict[str, list[str]]:
+    return parse_unit(PROXY_SOCKET_UNIT)["Socket"]
+
+
+def test_proxy_socket_unit_is_matched_by_its_target_name(proxy_socket_unit: dict[str, list[str]],
+                                                         socket_unit: dict[str, list[str]],
+                                                         tmp_path: Path) -> None:
+    # tokend takes a passed socket whose FileDescriptorName= is a proxy's target as that proxy's
+    # socket: the instance name is the target, and the socket path follows the README's convention.
+    assert one(proxy_socket_unit, "FileDescriptorName") == "%i"
+    listen = one(proxy_socket_unit, "ListenStream")
+    assert listen == "/run/tokend/%i.api.sock"
+    assert Path(listen).parent == Path(one(socket_unit, "ListenStream")).parent
+    # Service= gives tokend.service the socket whenever the instance runs.
+    assert one(proxy_socket_unit, "Service") == "tokend.service"
+    for key in ("SocketMode", "SocketGroup", "SocketUser", "DirectoryMode"):
+        assert one(proxy_socket_unit, key) == one(socket_unit, key), key
+    assert one(parse_unit(PROXY_SOCKET_UNIT)["Install"], "WantedBy") == "sockets.target"
+    # The config that goes with tokend-proxy@sfo-vcf01.socket loads, and names that path.
+    config = tmp_path / "config.toml"
+    config.write_text('[server]\nstate_dir = "/var/lib/tokend"\n'
+                      '[[targets]]\nname = "sfo-vcf01"\nurl = "https://sddc.example"\n'
+                      'username = "u"\npassword_file = "/etc/tokend/t.password"\n'
+                      '[[proxies]]\ntarget = "sfo-vcf01"\n'
+                      'socket = "/run/tokend/sfo-vcf01.api.sock"\n')
+    proxy = load_config(config).proxies[0]
+    assert str(proxy.socket) == listen.replace("%i", proxy.target)
 
 
 # -- Kubernetes -------------------------------------------------------------------------------------
@@ -360,6 +409,219 @@ def test_applying_the_manifest_never_replaces_the_secret(manifests: dict[str, di
     assert f"kubectl create secret generic {secret}" in readme
 
 
+# -- Kubernetes: the central facade -----------------------------------------------------------------
+
+# vCenter SSO's default lockout policy: an account is locked after this many failed logins within
+# three minutes (SPEC §5.5, §9.9).
+SSO_MAX_FAILURES = 5
+SSO_WINDOW = 180.0
+
+
+@pytest.fixture(scope="module")
+def facade() -> dict[tuple[str, str], dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all(FACADE.read_text()) if d]
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+
+
+def of_kind(docs: dict[tuple[str, str], dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for (k, _), doc in docs.items() if k == kind]
+
+
+@pytest.fixture(scope="module")
+def facade_deployment(facade: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = of_kind(facade, "Deployment")
+    return deployment
+
+
+@pytest.fixture(scope="module")
+def facade_pod(facade_deployment: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = facade_deployment["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.fixture(scope="module")
+def facade_config(facade: dict[tuple[str, str], dict[str, Any]],
+                  tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The ConfigMap's config.toml through tokend's own parser, its TLS files made by trustme.
+
+    tokend loads the listener's certificate and key when it reads the config: the two paths are
+    pointed at a real pair here, everything else is parsed as shipped."""
+    trustme = pytest.importorskip("trustme")
+    folder = tmp_path_factory.mktemp("facade")
+    text = of_kind(facade, "ConfigMap")[0]["data"]["config.toml"]
+    cert = trustme.CA().issue_cert("tokend-facade")
+    cert.cert_chain_pems[0].write_to_path(str(folder / "tls.crt"))
+    cert.private_key_pem.write_to_path(str(folder / "tls.key"))
+    for name in ("tls.crt", "tls.key"):
+        assert f'"/etc/tokend-tls/{name}"' in text
+        text = text.replace(f'"/etc/tokend-tls/{name}"', f'"{folder / name}"')
+    path = folder / "config.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def facade_container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    for item in pod.get("initContainers", []) + pod["containers"]:
+        if item["name"] == name:
+            return dict(item)
+    raise AssertionError(f"no container named {name}")
+
+
+def mount_of(item: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The volume mount of ``item`` that holds ``path``."""
+    for mount in item.get("volumeMounts", []):
+        if Path(mount["mountPath"]) in path.parents:
+            return dict(mount)
+    raise AssertionError(f"{item['name']} mounts nothing that holds {path}")
+
+
+@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
+def test_facade_manifests_validate(version: str) -> None:
+    tool = find_tool("kubernetes-validate")
+    documents = [d for d in yaml.safe_load_all(FACADE.read_text()) if d]
+    result = run(tool, "--strict", "-k", version, str(FACADE))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "ERROR" not in output and output.count(" passed ") == len(documents), output
+    kinds = {d["kind"] for d in documents}
+    assert {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget",
+            "NetworkPolicy"} <= kinds
+
+
+def test_facade_runs_two_replicas_and_never_a_third(facade_deployment: dict[str, Any]) -> None:
+    spec = facade_deployment["spec"]
+    assert spec["replicas"] == 2
+    # A surge replica would be a third lockout guard during a rollout.
+    assert spec["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 1
+
+
+def test_facade_lockout_arithmetic_stays_below_the_identity_store(
+        facade_deployment: dict[str, Any], facade_config: Config) -> None:
+    replicas = facade_deployment["spec"]["replicas"]
+    (target,) = facade_config.targets
+    assert target.max_login_failures == 2
+    assert target.login_retry_interval >= 90.0
+    # Each replica keeps its own count: all of them together, in one window, stay below the lock.
+    assert replicas * target.max_login_failures < SSO_MAX_FAILURES
+    # And one replica cannot spread its attempts so thin that the window never holds them all.
+    assert (target.max_login_failures - 1) * target.login_retry_interval < SSO_WINDOW
+
+
+def test_facade_listener_is_what_the_service_and_the_policy_open(
+        facade: dict[tuple[str, str], dict[str, Any]], facade_pod: dict[str, Any],
+        facade_config: Config) -> None:
+    (proxy,) = facade_config.proxies
+    assert proxy.listen is not None and proxy.socket is None
+    host, port = proxy.listen
+    assert host == "0.0.0.0"
+    tokend = facade_container(facade_pod, "tokend")
+    ports = {p["name"]: p["containerPort"] for p in tokend["ports"]}
+    assert ports["https"] == port
+    (service,) = of_kind(facade, "Service")
+    (https,) = service["spec"]["ports"]
+    assert https["port"] == 443 and https["targetPort"] == "https"
+    labels = facade_pod_labels(facade)
+    assert service["spec"]["selector"].items() <= labels.items()
+    (policy,) = of_kind(facade, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    opened = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert opened == {port, facade_config.metrics.port}
+    # Egress: DNS and the SDDC Manager's HTTPS, nothing else.
+    egress = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert egress == {53, 443}
+
+
+def facade_pod_labels(facade: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
+    (deployment,) = of_kind(facade, "Deployment")
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_facade_disruption_budget_keeps_one_replica(
+        facade: dict[tuple[str, str], dict[str, Any]]) -> None:
+    (budget,) = of_kind(facade, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= facade_pod_labels(facade).items()
+
+
+def test_facade_probes(facade_pod: dict[str, Any], facade_config: Config) -> None:
+    tokend = facade_container(facade_pod, "tokend")
+    socket_arg = ["--socket", str(facade_config.server.socket)]
+    for kind in ("livenessProbe", "startupProbe"):
+        command = probe_command(tokend[kind])
+        assert command[:2] == ["tokend", "health"] and "--ready" not in command, kind
+        assert command[-2:] == socket_arg, kind
+    readiness = probe_command(tokend["readinessProbe"])
+    assert readiness[:3] == ["tokend", "health", "--ready"] and readiness[-2:] == socket_arg
+    # The probes connect as the container's uid: the allow-list admits it.
+    uid = tokend["securityContext"]["runAsUser"]
+    assert uid in facade_config.server.allowed_uids
+
+
+def test_facade_shares_the_session_key_from_a_secret_at_mode_0600(
+        facade: dict[tuple[str, str], dict[str, Any]], facade_pod: dict[str, Any],
+        facade_config: Config) -> None:
+    (proxy,) = facade_config.proxies
+    assert proxy.session_key_file is not None and proxy.users_file is not None
+    volumes = {v["name"]: v for v in facade_pod["volumes"]}
+    tokend = facade_container(facade_pod, "tokend")
+    # tokend reads the key from a memory volume the init container filled from the Secret
+    # (a Secret volume with fsGroup is group-readable, which tokend refuses for a session key).
+    key_volume = volumes[mount_of(tokend, proxy.session_key_file)["name"]]
+    assert key_volume["emptyDir"]["medium"] == "Memory"
+    copier = facade_container(facade_pod, "session-key")
+    command = copier["command"]
+    assert command[:3] == ["install", "-m", "0600"] and command[-1] == str(proxy.session_key_file)
+    assert mount_of(copier, proxy.session_key_file)["name"] == mount_of(
+        tokend, proxy.session_key_file)["name"]
+    source = Path(command[-2])
+    secret_name = volumes[mount_of(copier, source)["name"]]["secret"]["secretName"]
+    assert ("Secret", secret_name) in facade
+    assert source.name in facade[("Secret", secret_name)]["stringData"]
+    # The same Secret for every replica: one pod template.
+    assert copier["securityContext"]["runAsUser"] == tokend["securityContext"]["runAsUser"]
+    # The password and the users file come from Secret volumes without "other" bits.
+    for path in (Path(facade_config.targets[0].secret.ref), proxy.users_file):
+        volume = volumes[mount_of(tokend, path)["name"]]
+        assert volume["secret"]["defaultMode"] & 0o007 == 0, path
+    for path in (proxy.tls_cert_file, proxy.tls_key_file):  # moved to a real pair for loading
+        assert path is not None
+        shipped = Path("/etc/tokend-tls") / path.name
+        assert volumes[mount_of(tokend, shipped)["name"]]["secret"]["secretName"] == "tokend-facade-tls"
+    assert facade[("Secret", "tokend-facade-tls")]["type"] == "kubernetes.io/tls"
+
+
+def test_facade_security_contexts(facade_pod: dict[str, Any]) -> None:
+    assert facade_pod["securityContext"]["runAsNonRoot"] is True
+    assert facade_pod["automountServiceAccountToken"] is False
+    for item in facade_pod["initContainers"] + facade_pod["containers"]:
+        context = item["securityContext"]
+        assert context["runAsNonRoot"] is True, item["name"]
+        assert context["readOnlyRootFilesystem"] is True, item["name"]
+        assert context["allowPrivilegeEscalation"] is False, item["name"]
+        assert context["capabilities"]["drop"] == ["ALL"], item["name"]
+        assert context["seccompProfile"]["type"] == "RuntimeDefault", item["name"]
+        assert {"requests", "limits"} <= set(item["resources"]), item["name"]
+
+
+def test_facade_state_dir_and_metrics(facade: dict[tuple[str, str], dict[str, Any]],
+                                      facade_pod: dict[str, Any], facade_config: Config) -> None:
+    tokend = facade_container(facade_pod, "tokend")
+    volumes = {v["name"]: v for v in facade_pod["volumes"]}
+    state = [m for m in tokend["volumeMounts"]
+             if Path(m["mountPath"]) == facade_config.server.state_dir]
+    assert state and "emptyDir" in volumes[state[0]["name"]] and not state[0].get("readOnly")
+    annotations = facade[("Deployment", "tokend-facade")]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(facade_config.metrics.port)
+
+
+def test_facade_secret_examples_hold_no_secret(facade: dict[tuple[str, str], dict[str, Any]]) -> None:
+    for secret in of_kind(facade, "Secret"):
+        assert set(secret["stringData"].values()) == {""}, secret["metadata"]["name"]
+
+
 # -- Dockerfile -------------------------------------------------------------------------------------
 
 
@@ -373,7 +635,11 @@ def test_dockerfile_lints_clean() -> None:
 def test_dockerfile_structure() -> None:
     lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
     froms = [line for line in lines if line.startswith("FROM ")]
-    assert froms == ["FROM python:3.12-slim AS build", "FROM python:3.12-slim"]
+    # Both stages share one base, a build argument whose default users get is the public image
+    # (.ci/image passes a local Debian base instead).
+    assert froms == ["FROM ${BASE} AS build", "FROM ${BASE}"]
+    assert [line for line in lines if line.startswith("ARG BASE")] == ["ARG BASE=python:3.12-slim"]
+    assert lines.index("ARG BASE=python:3.12-slim") < lines.index(froms[0])
     final = lines[lines.index(froms[-1]):]
     users = [line.split()[1] for line in final if line.startswith("USER ")]
     assert len(users) == 1 and all(part.isdigit() and int(part) > 0 for part in users[0].split(":"))

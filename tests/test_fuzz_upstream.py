@@ -842,3 +842,35 @@ async def test_a_rejected_login_whose_body_never_ends_is_still_a_rejection() -> 
     finally:
         await client.close()
         await runner.cleanup()
+
+
+# -- every status on its own: what a fuzzer may or may not draw in a given run --------------------
+
+REJECTION_BODY = Body(json.dumps({"errorCode": "UNAUTHORIZED", "message": "Bad credentials"}).encode())
+
+
+@pytest.mark.parametrize("api_key", [False, True], ids=["password", "api-key"])
+@pytest.mark.parametrize("status", [400, 401, 403])
+def test_login_answered_with_a_credential_status_is_a_rejection_never_transient(
+        status: int, api_key: bool) -> None:
+    # A 403 taken as transient would retry a wrong password on the backoff schedule, towards the
+    # account's lockout, instead of counting it as a rejection for the lockout guard.
+    reply = Reply(status, REJECTION_BODY)
+    outcome = call([reply], "Pw#wrong", "login", api_key=api_key)
+    check_failure(outcome, reply, CredentialsRejected)
+    assert len(outcome.seen) == 1
+
+
+@pytest.mark.parametrize("status", [402, 404, 405, 407, 408, 409, 429, 500, 502, 503, 504])
+def test_login_answered_with_another_error_status_is_transient(status: int) -> None:
+    reply = Reply(status, REJECTION_BODY)
+    outcome = call([reply], "Pw#right", "login")
+    check_failure(outcome, reply, TransientError)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_refresh_answered_with_a_refused_status_means_the_refresh_token_is_gone(status: int) -> None:
+    reply = Reply(status, REJECTION_BODY)
+    outcome = call([reply], "Pw#unused", "refresh", "rid-dead", form="json")
+    check_failure(outcome, reply, RefreshTokenGone)
+    assert len(outcome.seen) == 1

@@ -1,4 +1,8 @@
-"""The Grafana dashboard in deploy/grafana: every query selects series that exist, and parses."""
+"""The Grafana dashboard in deploy/grafana: every query selects series that exist, and parses.
+
+The Prometheus panels are checked against tokend's registry and promtool; the Loki panels (the
+proxy's log lines, SPEC §9.6) against the log catalogue.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from tests.test_prometheus_rules import (
 )
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "tokend.json"
+PROMETHEUS_UID = "${datasource}"
+LOKI_UID = "${loki}"
 PROMTOOL = shutil.which("promtool")
 # What Grafana puts in place of the dashboard's variables, for checking the queries' syntax.
 VARIABLES = {"job": "tokend", "instance": ".*", "target": ".*", "__rate_interval": "1m",
@@ -39,9 +45,11 @@ def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from panels(panel.get("panels", []))
 
 
-def queries() -> Iterator[tuple[str, str]]:
-    """(panel title and refId, expr) for every panel query."""
+def queries(uid: str = PROMETHEUS_UID) -> Iterator[tuple[str, str]]:
+    """(panel title and refId, expr) for every query of the panels on data source ``uid``."""
     for panel in panels(load()["panels"]):
+        if panel.get("datasource", {}).get("uid") != uid:
+            continue
         for target in panel.get("targets", []):
             yield f"{panel['title']} [{target['refId']}]", target["expr"]
 
@@ -63,6 +71,31 @@ def test_every_panel_query_selects_series_tokend_exports_or_the_rules_record() -
     assert {"tokend:token_seconds_left", "tokend_target_state", "tokend_refresh_consecutive_failures",
             "tokend_upstream_requests_total", "tokend_upstream_request_duration_seconds_bucket",
             "tokend_token_requests_total"} <= seen
+    # The proxy's and the facade's metrics (SPEC §9.6).
+    assert {"tokend_proxy_requests_total", "tokend_proxy_request_duration_seconds_bucket",
+            "tokend_proxy_logins_total"} <= seen
+
+
+def test_the_log_panels_select_the_proxy_events_tokend_logs() -> None:
+    from tokend.events import CATALOGUE
+
+    known = set(CATALOGUE)
+    seen: set[str] = set()
+    found = list(queries(LOKI_UID))
+    assert found, "no Loki panel"
+    for where, expr in found:
+        assert expr.startswith("$log_selector") or "($log_selector" in expr, where
+        match = re.search(r'event =~ "proxy\\\\\.\(([^)]*)\)"', expr)
+        if match:
+            names = {f"proxy.{name}" for name in match.group(1).split("|")}
+            assert names <= known, f"{where}: {sorted(names - known)} are not tokend log events"
+            seen |= names
+        else:
+            assert 'event =~ "proxy\\\\..+"' in expr, where
+    assert {"proxy.request", "proxy.login_rejected", "proxy.upstream_failed"} <= seen
+    variables = {v["name"]: v for v in load()["templating"]["list"]}
+    assert variables["loki"]["type"] == "datasource" and variables["loki"]["query"] == "loki"
+    assert variables["log_selector"]["type"] == "textbox"
 
 
 def test_the_variables_list_values_of_exported_series() -> None:
@@ -82,8 +115,10 @@ def test_panels_have_titles_unique_ids_and_the_datasource_variable() -> None:
     for panel in all_panels:
         assert panel.get("title"), panel
         if panel["type"] != "row":
-            assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert panel["datasource"]["uid"] in (PROMETHEUS_UID, LOKI_UID), panel["title"]
             assert panel["targets"], panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == panel["datasource"]["uid"], panel["title"]
 
 
 @pytest.mark.skipif(PROMTOOL is None,

@@ -250,3 +250,60 @@ def test_jwt_pattern_matches_every_token_with_an_exp_whole(
 ])
 def test_jwt_pattern_leaves_fingerprints_and_refresh_ids_alone(text: str) -> None:
     assert JWT_PATTERN.search(text) is None
+
+
+# -- what each refusal says: the part that is wrong, never the token ------------------------------
+
+
+GOOD_HEADER = b64(b'{"alg":"HS256","typ":"JWT"}')
+GOOD_PAYLOAD = b64(b'{"exp": 1700003600}')
+
+
+@pytest.mark.parametrize(("token", "message"), [
+    ("a.b", "the access token is not a JWT (2 dot-separated parts, not 3)"),
+    ("a.b.c.d", "the access token is not a JWT (4 dot-separated parts, not 3)"),
+    (f"!!.{GOOD_PAYLOAD}.c2ln", "the access token is not a JWT (its header is not base64url)"),
+    (f"{GOOD_HEADER}.!!.c2ln", "the access token is not a JWT (its payload is not base64url)"),
+    (f"{GOOD_HEADER}.{GOOD_PAYLOAD}.!!", "the access token is not a JWT (its signature is not base64url)"),
+    (f"abcde.{GOOD_PAYLOAD}.c2ln", "the access token is not a JWT (its header is not base64url)"),
+    (f"{GOOD_HEADER}.abcde.c2ln", "the access token is not a JWT (its payload is not base64url)"),
+    (f"{GOOD_HEADER}.{GOOD_PAYLOAD}.abcde",
+     "the access token is not a JWT (its signature is not base64url)"),
+    (raw_token(b'{"exp": 1}', header=b"not json"), "the access token is not a JWT (its header is not JSON)"),
+    (raw_token(b"not json"), "the access token is not a JWT (its payload is not JSON)"),
+    (raw_token(b'{"exp": 1}', header=b"[1]"),
+     "the access token is not a JWT (its header is not a JSON object)"),
+    (raw_token(b"[1]"), "the access token is not a JWT (its payload is not a JSON object)"),
+    (raw_token(b'{"iat": 1}'), "the access token has no 'exp' claim"),
+    (raw_token(b'{"exp": "soon"}'), "the access token's 'exp' claim is not a number"),
+    (raw_token(b'{"exp": 1, "iat": "then"}'), "the access token's 'iat' claim is not a number"),
+    (raw_token(b'{"exp": 1, "iat": null}'), "the access token's 'iat' claim is not a number"),
+])
+def test_each_refusal_names_the_part_that_is_wrong(token: str, message: str) -> None:
+    with pytest.raises(InvalidResponse) as caught:
+        decode_claims(token)
+
+    assert caught.value.message == message
+
+
+def test_a_present_but_null_iat_is_refused_while_an_absent_one_is_none() -> None:
+    # SPEC §8.1: claims are numbers, never null; an absent iat is allowed.
+    with pytest.raises(InvalidResponse, match="'iat'"):
+        decode_claims(raw_token(b'{"exp": 1700003600, "iat": null}'))
+    assert decode_claims(raw_token(b'{"exp": 1700003600}')).iat is None
+
+
+@pytest.mark.parametrize(("header", "refused"), [
+    (b'{"alg":"HS256","b64":false,"crit":["b64"]}', True),
+    (b'{"alg":"HS256","b64":true}', False),
+    (b'{"alg":"HS256","b64":0}', False),  # only the JSON literal false unencodes the payload
+    (b'{"alg":"HS256"}', False),
+])
+def test_an_unencoded_payload_rfc_7797_is_refused(header: bytes, refused: bool) -> None:
+    token = raw_token(b'{"exp": 1700003600}', header=header)
+    if refused:
+        with pytest.raises(InvalidResponse) as caught:
+            decode_claims(token)
+        assert caught.value.message == "the access token is not a JWT (unencoded payload)"
+    else:
+        assert decode_claims(token).exp == 1_700_003_600

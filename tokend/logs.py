@@ -78,6 +78,11 @@ def _drop_color_message(_: WrappedLogger, __: str, event_dict: EventDict) -> Eve
 Format = Literal["json", "console", "auto"]
 
 
+def debug_enabled() -> bool:
+    """Whether a debug line would be written: hot paths skip building one that would not."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def configure(level: str = "info", fmt: Format = "auto", stream: Any = None) -> None:
     """Route structlog and the standard library's loggers to ``stream`` (stdout) as configured."""
     stream = stream or sys.stdout

@@ -7,6 +7,8 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
+_UCRED = "iII"
+
 
 @dataclass(frozen=True)
 class Peer:
@@ -20,8 +22,9 @@ class Peer:
 
 def peer_of(sock: socket.socket) -> Peer:
     """SO_PEERCRED, plus supplementary groups from ``/proc/<pid>/status``."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
+    # struct ucred: pid_t is signed, uid_t and gid_t are not (ids up to 2**32 - 2 exist).
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(_UCRED))
+    pid, uid, gid = struct.unpack(_UCRED, raw)
     return Peer(pid, uid, gid, frozenset({gid}) | _supplementary_groups(pid))
 
 

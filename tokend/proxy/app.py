@@ -38,7 +38,7 @@ from tokend.config import ProxyConfig, TargetConfig
 from tokend.errbody import error_response
 from tokend.errors import ConfigError
 from tokend.listen import SocketLock, bind_unix
-from tokend.logs import get_logger
+from tokend.logs import debug_enabled, get_logger
 from tokend.metrics import ProxyMetrics
 from tokend.peers import Peer, admits, denial_message
 from tokend.proxy.canon import (
@@ -429,6 +429,8 @@ class Proxy:
              status: int | None, outcome: str, started: float, error: str | None = None) -> None:
         """``proxy.request``: debug, mutating methods at info (the upstream's own audit log sees
         only tokend's account). The path is canonical, without the query; bodies never."""
+        if request.method not in MUTATING_METHODS and not debug_enabled():
+            return  # about 40 µs a request, for a line that would be dropped
         method = request.method if len(request.method) <= 20 else request.method[:20]
         fields: dict[str, Any] = {
             "target": self.name, "method": method,

@@ -50,19 +50,32 @@ def split_connections(connections: int, per_uid: int | None) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(groups)]
 
 
-def load_command(gen: str, autocannon: str, driver: Path, sock: Path, connections: int,
-                 duration: float, warmup: float, latencies: Path | None) -> list[str]:
+def load_command(gen: str, autocannon: str, driver: Path, sock: Path | None, connections: int,
+                 duration: float, warmup: float, latencies: Path | None, url: str = URL,
+                 headers: Path | None = None) -> list[str]:
+    """The load generator's command line: over the Unix socket ``sock``, or TCP to ``url`` without.
+
+    ``headers`` (a JSON file of request headers) needs the driver.
+    """
+    via = ["-S", str(sock)] if sock is not None else []
     if gen == "cli":
-        return [autocannon, "-c", str(connections), "-d", f"{duration:g}", "-j", "-n",
-                "-S", str(sock), URL]
+        if headers is not None:
+            raise ValueError("request headers need the driver (bench/cannon.js)")
+        return [autocannon, "-c", str(connections), "-d", f"{duration:g}", "-j", "-n", *via, url]
     argv = ["node", str(driver), "-c", str(connections), "-d", f"{duration:g}",
-            "-w", f"{warmup:g}", "-S", str(sock), "--url", URL]
+            "-w", f"{warmup:g}", *via, "--url", url]
+    if headers is not None:
+        argv += ["--headers", str(headers)]
     return argv + (["--latencies", str(latencies)] if latencies is not None else [])
 
 
 def run_load(bench: Bench, gen: str, autocannon: str, server: str, server_pids: list[int],
-             sock: Path, connections: int) -> LoadResult:
+             sock: Path | None, connections: int, url: str = URL,
+             headers: Path | None = None) -> LoadResult:
     """One measured run: ``connections`` keep-alive connections for ``--duration`` seconds.
+
+    Over the Unix socket ``sock``, or over TCP to ``url``'s host when ``sock`` is None; ``headers``
+    is a JSON file of request headers the driver adds to every request.
 
     When tokend admits fewer connections per uid than asked for, the connections are spread over
     several load-generator processes, each under its own uid (the same split for every server).
@@ -84,7 +97,8 @@ def run_load(bench: Bench, gen: str, autocannon: str, server: str, server_pids: 
         return setup
 
     if gen == "cli" and args.warmup > 0:
-        warm = [subprocess.Popen(load_command(gen, autocannon, driver, sock, c, args.warmup, 0, None),
+        warm = [subprocess.Popen(load_command(gen, autocannon, driver, sock, c, args.warmup, 0, None,
+                                              url, headers),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                  preexec_fn=as_uid(i)) for i, c in enumerate(groups)]
         for w in warm:
@@ -100,7 +114,8 @@ def run_load(bench: Bench, gen: str, autocannon: str, server: str, server_pids: 
     ns0 = sum(sched_ns(p) for p in server_pids)
     t0 = time.monotonic()
     popens = [subprocess.Popen(load_command(gen, autocannon, driver, sock, c, args.duration, args.warmup,
-                                            lat_files[i] if gen == "driver" else None),
+                                            lat_files[i] if gen == "driver" else None, url,
+                                            headers),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=bench.workdir,
                                preexec_fn=as_uid(i)) for i, c in enumerate(groups)]
     outputs = [p.communicate() for p in popens]
