@@ -1,4 +1,4 @@
-"""List the SDDC Manager's domains with ``requests``, authenticated by tokend (SPEC §10.2).
+"""List the SDDC Manager's domains with ``requests``, authenticated by tokend.
 
     TOKEND_SOCKET=/run/tokend/tokend.sock SDDC_CA_FILE=/etc/tokend/vcf-ca.pem \\
         python examples/requests_domains.py

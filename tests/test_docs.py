@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-USER_DOCS = ["README.md", "bench/README.md", "config.example.toml", "SECURITY.md",
-             "deploy/kubernetes/tokend-sidecar.yaml"]
+# What a user reads or installs: the READMEs, the example config, every deployment file, the examples.
+USER_DOCS = sorted(
+    ["README.md", "bench/README.md", "config.example.toml", "SECURITY.md"]
+    + [str(p.relative_to(REPO)) for folder in ("deploy", "examples")
+       for p in (REPO / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts])
 
 
 @pytest.mark.parametrize("name", USER_DOCS)

@@ -42,6 +42,11 @@ PIN_FIX = ('write "sha256:" and the 32 bytes of the certificate\'s SHA-256 in he
 DIGEST = bytes(range(32))
 
 
+def as_gid_set(value: object, key: str) -> frozenset[int]:
+    """as_id_set for gids, as [server] allowed_gids reads it."""
+    return as_id_set(value, key, "gid")
+
+
 def refusal(read: Callable[..., Any], value: object, *more: Any) -> tuple[str, str, str]:
     with pytest.raises(ConfigError) as caught:
         read(value, KEY, *more)
@@ -79,7 +84,8 @@ def refusal(read: Callable[..., Any], value: object, *more: Any) -> tuple[str, s
      "write the group's name or gid"),
     (as_group_name, "vcf\x01", "'vcf\\x01' is not a group name", "write the group's name or gid"),
     (as_group_name, "vcf:x", "'vcf:x' is not a group name", "write the group's name or gid"),
-    (as_id_set, 1000, "expected an array of integers, got integer", "write e.g. [1000, 1001]"),
+    (as_gid_set, 1000, "expected an array of gids or names, got integer",
+     'write e.g. [1000, "vcf-automation"]'),
     (normalise_fingerprint, "md5:00", "'md5:00' does not start with 'sha256:'", PIN_FIX),
     (normalise_fingerprint, "sha256:00:11", "'sha256:00:11' is not a SHA-256 fingerprint", PIN_FIX),
     (normalise_fingerprint, DIGEST.hex(), f"{DIGEST.hex()!r} does not start with 'sha256:'",
@@ -100,15 +106,28 @@ def test_a_choice_refusal_lists_the_choices() -> None:
                                            (-1, False), (2**31, True)])
 def test_ids_range_from_zero_to_two_to_the_32_minus_two(value: int, ok: bool) -> None:
     if ok:
-        assert as_id_set([value], KEY) == frozenset({value})
+        assert as_id_set([value], KEY, "gid") == frozenset({value})
     else:
-        assert refusal(as_id_set, [7, value]) == (f"{KEY}[1]", f"{value} is not a valid id",
-                                                  "use a numeric uid or gid")
+        assert refusal(as_id_set, [7, value], "gid") == (
+            f"{KEY}[1]", f"{value} is not a valid gid", "use a numeric gid or a name")
 
 
-def test_an_id_that_is_not_an_integer_is_named_by_its_index() -> None:
-    assert refusal(as_id_set, [1, "2"]) == (f"{KEY}[1]", "expected an integer, got string",
-                                            "write a whole number, unquoted")
+def test_an_id_that_is_neither_a_number_nor_a_name_is_named_by_its_index() -> None:
+    assert refusal(as_id_set, [1, True], "uid") == (
+        f"{KEY}[1]", "expected a numeric uid or a name, got boolean",
+        'write e.g. [1000, "svc-automation"]')
+
+
+def test_ids_may_be_names_looked_up_now() -> None:
+    import grp
+    import pwd
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    assert as_id_set([group, "7"], KEY, "gid") == frozenset({os.getgid(), 7})
+    assert as_id_set([pwd.getpwuid(os.getuid()).pw_name], KEY, "uid") == frozenset({os.getuid()})
+    assert refusal(as_id_set, ["nosuchgroup"], "gid") == (
+        f"{KEY}[0]", "no group named 'nosuchgroup'",
+        "create the group, fix the name, or write its numeric gid")
 
 
 @pytest.mark.parametrize(("value", "mode"), [("0777", 0o777), ("0o640", 0o640), (" 600 ", 0o600),
