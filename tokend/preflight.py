@@ -25,15 +25,16 @@ the lock then refuses, naming it, which says more than the metrics port it also 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokend.config import Config, ProxyConfig, check_secrets
 from tokend.filesink import TokenFile
 from tokend.listen import METRICS_FIX, bind_tcp, check_socket_path, lock_is_held
-from tokend.statefiles import check_private_dir
+from tokend.statefiles import InsecureStateDir, check_private_dir
 
 
 @dataclass
@@ -60,7 +61,7 @@ def preflight(config: Config, *, start: bool = True, held: Collection[Path] = ()
     found = Findings()
     check_secrets(config)
     if start:
-        reason = check_private_dir(config.server.state_dir)
+        reason = _private_dir(config.server.state_dir, found, look_for_live)
         if reason is not None:
             found.notes.append(f"state directory: {reason}; tokend will keep the lockout records"
                                " in memory only (a warning at start), so a restart forgets them")
@@ -117,7 +118,7 @@ def _check_facade(proxy: ProxyConfig, state_dir: Path, found: Findings) -> None:
     if proxy.session_key_file is not None:
         SessionKeys.load(proxy.session_key_file, proxy.key("session_key_file"))
     else:
-        reason = check_private_dir(state_dir)
+        reason = _private_dir(state_dir, found, look_for_live=True)
         if reason is not None:
             found.notes.append(f"{proxy.key('session_key_file')}: not set, and {reason}: local"
                                " tokens will be signed with a key kept in memory (a warning at"
@@ -127,9 +128,32 @@ def _check_facade(proxy: ProxyConfig, state_dir: Path, found: Findings) -> None:
     if proxy.listen is None:
         return
     if proxy.tls_cert_file is None:
-        check_material(state_dir, proxy.tls_names, names_key=proxy.key("tls_names"))
+        with _as_root_notes(found):
+            check_material(state_dir, proxy.tls_names, names_key=proxy.key("tls_names"))
     if not found.live:
         bind_tcp(*proxy.listen, proxy.key("listen")).close()
+
+
+def _private_dir(state_dir: Path, found: Findings, look_for_live: bool) -> str | None:
+    """:func:`check_private_dir`; for ``check-config`` run as root, a folder of another user is a
+    note (it is the service's user's, most likely), not the refusal a daemon run as root meets."""
+    if not look_for_live:
+        return check_private_dir(state_dir)
+    with _as_root_notes(found):
+        return check_private_dir(state_dir)
+    return None
+
+
+@contextlib.contextmanager
+def _as_root_notes(found: Findings) -> Iterator[None]:
+    try:
+        yield
+    except InsecureStateDir as exc:
+        if os.geteuid() != 0 or exc.owner is None or exc.owner == 0:
+            raise
+        found.notes.append(f"{exc.key}: {exc.problem}: checked as root; a tokend running as uid"
+                           f" {exc.owner} uses it, one running as another user (root too) would"
+                           " refuse it (exit 2)")
 
 
 def activated_names() -> list[str]:

@@ -103,7 +103,12 @@ def read_small_file(path: Path, config_key: str, *, max_bytes: int, what: str,
 
 
 class InsecureStateDir(ConfigError):
-    """``<state_dir>/tokend`` exists but others could plant files in it: never used (exit 2)."""
+    """``<state_dir>/tokend`` exists but others could plant files in it: never used (exit 2).
+
+    ``owner`` is the uid it belongs to when that is not this process's (else None).
+    """
+
+    owner: int | None = None
 
 
 def private_dir(state_dir: Path, config_key: str = "server.state_dir") -> Path:
@@ -157,9 +162,11 @@ def check_private_dir(state_dir: Path, config_key: str = "server.state_dir") -> 
 
 def _refuse_if_others_can_plant(directory: Path, st: os.stat_result, config_key: str) -> None:
     if st.st_uid != os.geteuid():
-        raise InsecureStateDir(config_key, f"{directory} belongs to another user (uid {st.st_uid})",
-                               "remove it, or chown it to tokend's user; tokend creates it with"
-                               " mode 0700")
+        error = InsecureStateDir(config_key, f"{directory} belongs to another user (uid"
+                                 f" {st.st_uid})", "remove it, or chown it to tokend's user;"
+                                 " tokend creates it with mode 0700")
+        error.owner = st.st_uid
+        raise error
     if st.st_mode & stat.S_IWOTH:
         raise InsecureStateDir(config_key, f"{directory} is writable by other users "
                                f"(mode {stat.S_IMODE(st.st_mode):04o})", f"chmod 700 {directory}")
