@@ -17,10 +17,12 @@ daemon's own code asks, in the order the daemon opens things, and creates nothin
    (:meth:`tokend.filesink.TokenFile.check`).
 
 Some findings are not refusals, and come back as notes for ``check-config`` to print: a state
-folder that cannot be created (the lockout records are then kept in memory, with a warning), and a
+folder that cannot be created (the lockout records are then kept in memory, with a warning); a
 socket a running tokend holds now (``run`` would refuse a second one; a SIGHUP to the running one
-applies the config instead). For ``run`` a running tokend ends the checks of the sockets: taking
-the lock then refuses, naming it, which says more than the metrics port it also holds.
+applies the config instead); and, for ``check-config`` run as root, a state folder of another
+user (the service's, most likely, which may use it). For ``run``, a running tokend ends the checks
+of the sockets: taking the lock then refuses, naming it, which says more than the metrics port it
+also holds.
 """
 
 from __future__ import annotations
