@@ -484,8 +484,7 @@ def test_facade_manifests_validate(version: str) -> None:
     assert result.returncode == 0, output
     assert "ERROR" not in output and output.count(" passed ") == len(documents), output
     kinds = {d["kind"] for d in documents}
-    assert {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget",
-            "NetworkPolicy"} <= kinds
+    assert {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
 
 
 def test_facade_runs_two_replicas_and_never_a_third(facade_deployment: dict[str, Any]) -> None:
@@ -578,8 +577,8 @@ def test_facade_shares_the_session_key_from_a_secret_at_mode_0600(
         tokend, proxy.session_key_file)["name"]
     source = Path(command[-2])
     secret_name = volumes[mount_of(copier, source)["name"]]["secret"]["secretName"]
-    assert ("Secret", secret_name) in facade
-    assert source.name in facade[("Secret", secret_name)]["stringData"]
+    assert (f"kubectl create secret generic {secret_name} --from-file={source.name}="
+            in FACADE.read_text())
     # The same Secret for every replica: one pod template.
     assert copier["securityContext"]["runAsUser"] == tokend["securityContext"]["runAsUser"]
     # The password and the users file come from Secret volumes without "other" bits.
@@ -590,7 +589,7 @@ def test_facade_shares_the_session_key_from_a_secret_at_mode_0600(
         assert path is not None
         shipped = Path("/etc/tokend-tls") / path.name
         assert volumes[mount_of(tokend, shipped)["name"]]["secret"]["secretName"] == "tokend-facade-tls"
-    assert facade[("Secret", "tokend-facade-tls")]["type"] == "kubernetes.io/tls"
+    assert "kubectl create secret tls tokend-facade-tls" in FACADE.read_text()
 
 
 def test_facade_security_contexts(facade_pod: dict[str, Any]) -> None:
@@ -617,9 +616,16 @@ def test_facade_state_dir_and_metrics(facade: dict[tuple[str, str], dict[str, An
     assert annotations["prometheus.io/port"] == str(facade_config.metrics.port)
 
 
-def test_facade_secret_examples_hold_no_secret(facade: dict[tuple[str, str], dict[str, Any]]) -> None:
-    for secret in of_kind(facade, "Secret"):
-        assert set(secret["stringData"].values()) == {""}, secret["metadata"]["name"]
+def test_applying_the_facade_manifest_never_replaces_its_secrets(
+        facade: dict[tuple[str, str], dict[str, Any]], facade_pod: dict[str, Any]) -> None:
+    """Each Secret the pod mounts is made with kubectl (the file's header, the README); none is
+    in the applied file, where a placeholder would overwrite it at every kubectl apply."""
+    assert not of_kind(facade, "Secret")
+    header, readme = FACADE.read_text(), (REPO / "README.md").read_text()
+    for volume in facade_pod["volumes"]:
+        if "secret" in volume:
+            name = volume["secret"]["secretName"]
+            assert f" {name} " in header and f" {name} " in readme, name
 
 
 # -- Dockerfile -------------------------------------------------------------------------------------
