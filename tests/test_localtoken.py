@@ -407,3 +407,17 @@ def test_revoking_twice_keeps_one_entry() -> None:
     for _ in range(3):
         revoked.revoke(refresh_claims("r1", NOW + 100), now=NOW)
     assert len(revoked) == 1
+
+
+def test_key_file_on_a_kubernetes_secret_volume_gets_the_copy_fix(tmp_path: Path) -> None:
+    """A Secret volume with fsGroup is group-readable whatever defaultMode says: chmod cannot fix
+    it, an init container's copy can."""
+    stamp = tmp_path / "..2026_11_28_09_00_00.1"
+    stamp.mkdir()
+    real = key_file(stamp, b64(SECRET), mode=0o440)
+    (tmp_path / "..data").symlink_to(stamp.name)
+    (tmp_path / "facade.key").symlink_to(f"..data/{real.name}")
+    with pytest.raises(ConfigError) as info:
+        SessionKeys.load(tmp_path / "facade.key", "proxies[0].session_key_file")
+    assert "on a Kubernetes Secret volume" in str(info.value)
+    assert "install -m 0600" in info.value.fix and "chmod" not in info.value.fix

@@ -241,13 +241,21 @@ def _read_file(path: Path, key: str) -> str:
     return text
 
 
-def loose_secret_fix(path: Path, st: os.stat_result) -> tuple[str, str]:
+def loose_secret_fix(path: Path, st: os.stat_result, *,
+                     group_may_read: bool = True) -> tuple[str, str]:
     """Where a secret file readable by others comes from, and the fix that works there.
 
     A ``chmod`` cannot fix a file on a Kubernetes Secret volume (read-only, behind ``..data``
     symlinks, 0644 by default) nor a Docker secret (read-only, root's, 0444 by default): their mode
     is set where they are declared. Returns ``(" on a ...", fix)``; the first part may be empty.
+    ``group_may_read``: whether the file may be readable by its group (a password may, a session
+    key may not).
     """
+    if _on_kubernetes_volume(path) and not group_may_read:
+        return (", on a Kubernetes Secret volume, which is read-only",
+                "a Secret volume with fsGroup is always group-readable: copy the file at start"
+                " into a memory emptyDir with install -m 0600, in an init container (as"
+                " deploy/kubernetes/tokend-facade.yaml does)")
     if _on_kubernetes_volume(path):
         return (", on a Kubernetes Secret volume, which is read-only",
                 "set defaultMode: 0440 on the Secret volume (or mode: 0440 on its item) and"
@@ -259,12 +267,13 @@ def loose_secret_fix(path: Path, st: os.stat_result) -> tuple[str, str]:
                 f" NAME, target: {path.name}, uid: \"{os.geteuid()}\", mode: 0400 (tokend's uid"
                 f" is {os.geteuid()}); or docker service create --secret"
                 f" source=NAME,target={path.name},uid={os.geteuid()},mode=0400")
-    fix = f"chmod 600 {path} (or 640, owned by a group of tokend's)"
+    fix = f"chmod 600 {path}" + (" (or 640, owned by a group of tokend's)" if group_may_read
+                                 else "")
     if st.st_uid != os.geteuid():
         fix += f", as its owner (uid {st.st_uid}) or root"
     if _read_only(path):
-        fix = (f"the file system is read-only: set the mode where {path} is made (0600, or"
-               " 0640 with a group of tokend's)")
+        fix = (f"the file system is read-only: set the mode where {path} is made (0600"
+               + (", or 0640 with a group of tokend's)" if group_may_read else ")"))
     return "", fix
 
 

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import jwt
 
 from tokend.errors import ConfigError, TokendError
+from tokend.secrets import loose_secret_fix
 from tokend.statefiles import Watched, os_reason, private_dir, read_small_file, write_atomically
 
 ISSUER = "tokend"
@@ -184,8 +185,9 @@ def _read_keys(path: Path, config_key: str) -> list[SessionKey]:
     data, st = read_small_file(path, config_key, max_bytes=MAX_KEY_FILE_BYTES,
                                what="session key file", fix=_KEY_FIX)
     if st.st_mode & 0o077:
+        where, fix = loose_secret_fix(path, st, group_may_read=False)
         raise ConfigError(config_key, f"session key file {path} is accessible to other users "
-                          f"(mode {stat.S_IMODE(st.st_mode):04o})", f"chmod 600 {path}")
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}){where}", fix)
     return _parse_keys(data, path, config_key)
 
 
