@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tokend import DEFAULT_CONFIG_PATH, __version__
 from tokend.client import (
@@ -36,6 +36,9 @@ from tokend.client import (
     socket_path,
 )
 from tokend.errors import ConfigError
+
+if TYPE_CHECKING:  # the config package is imported by the commands that read a config
+    from tokend.config import Config, LogOverride
 
 # Only what every command needs is imported here: `tokend token` runs once per script step, so
 # its start-up time matters; the daemon's modules are imported by the commands that use them.
@@ -443,7 +446,7 @@ def _log_options(p: argparse.ArgumentParser) -> None:
                    " else json)")
 
 
-def _log_override(args: argparse.Namespace) -> Any:
+def _log_override(args: argparse.Namespace) -> LogOverride | None:
     """The log settings of the command line, else of $TOKEND_LOG_LEVEL/$TOKEND_LOG_FORMAT."""
     from tokend.config import LogOverride
     from tokend.values import LOG_FORMATS, LOG_LEVELS, as_choice
@@ -457,7 +460,7 @@ def _log_override(args: argparse.Namespace) -> Any:
     return LogOverride(level, fmt) if level or fmt else None
 
 
-def _run_once(config: Any, override: Any) -> int:
+def _run_once(config: Config, override: LogOverride | None) -> int:
     """``tokend run --once``: the checks of ``run`` (sockets aside), one token per target, exit."""
     import asyncio
     import dataclasses
@@ -479,7 +482,7 @@ def _run_once(config: Any, override: Any) -> int:
 # -- check-config --online, invalidate, example-config -----------------------------------------
 
 
-def _check_online(config: Any) -> int:
+def _check_online(config: Config) -> int:
     import asyncio
 
     from tokend.logs import configure
