@@ -24,6 +24,7 @@ from tests.test_schedule import (
     rejected,
     transient,
 )
+from tokend.effects import Call, CheckSecret, Log, Revoke, StateChanged, Withdraw
 from tokend.errors import (
     CredentialsRejected,
     InvalidResponse,
@@ -32,20 +33,9 @@ from tokend.errors import (
     UpstreamDetail,
     UpstreamError,
 )
+from tokend.held import HeldToken, iso_utc, tracked_lifetime
 from tokend.jwtinfo import Claims, fingerprint
-from tokend.schedule import (
-    Call,
-    CheckSecret,
-    HeldToken,
-    Log,
-    RefreshPolicy,
-    Revoke,
-    StateChanged,
-    Withdraw,
-    iso_utc,
-    remediation,
-    tracked_lifetime,
-)
+from tokend.schedule import RefreshPolicy, remediation
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3OTU4NDkyMDB9.c2ln"
 

@@ -330,7 +330,12 @@ def sidecar_play(name: str, upstream_files: dict[str, Path], credentials: Path) 
     tokend_sidecar = next(c for c in spec["initContainers"] if c["name"] == "tokend")
     assert tokend_sidecar.pop("restartPolicy") == "Always"
     spec["initContainers"].remove(tokend_sidecar)
-    spec["initContainers"] = [c for c in spec["initContainers"] if c["name"] != "first-token"]
+    # The first-token init container (`tokend run --once`) needs the SDDC Manager before the pod's
+    # containers start; here the fake is one of those containers, so it cannot be reached yet.
+    # `run --once` itself is tested against the fake in tests/e2e/test_newcomer_commands.py.
+    first_token = next(c for c in spec["initContainers"] if c["name"] == "first-token")
+    assert first_token["args"][:2] == ["run", "--once"]
+    spec["initContainers"].remove(first_token)
     tokend_sidecar.pop("ports")
     tokend_sidecar["volumeMounts"].append(
         {"name": "ca", "mountPath": "/etc/tokend-ca", "readOnly": True})
