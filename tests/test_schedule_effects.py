@@ -42,6 +42,7 @@ from tokend.schedule import (
     Revoke,
     StateChanged,
     Withdraw,
+    admit,
     iso_utc,
     remediation,
     tracked_lifetime,
@@ -496,3 +497,41 @@ def test_restoring_no_rejections_adds_none_and_a_full_record_reports_the_state_c
     q.on_token(0.0, held(0.0, 100.0), "login", None)  # a token, and no refresh id
     effects = q.restore(1.0, rejections=2, last_attempt=-5.0)
     assert StateChanged("valid", "credentials_rejected") in effects
+
+
+# -- admit: the checks an issued token passes before it is served ---------------------------------
+
+
+def test_admit_builds_the_served_token_from_the_claims_and_the_request() -> None:
+    # No iat: the lifetime comes from the server's Date (exp - date - 1 s) and the wall clock
+    # of the request (obtained_wall), both passed through.
+    claims = Claims(exp=WALL + 3600, iat=None)
+
+    admitted = admit("sfo-vcf01", TOKEN, fingerprint(TOKEN), claims, sent_mono=50.0,
+                     sent_wall=WALL + 0.5, server_date=WALL + 600, max_lifetime=7200.0)
+
+    token = admitted.token
+    assert admitted.claimed_lifetime is None
+    assert (token.obtained_at, token.expires_at) == (50.0, 50.0 + 2999.0)
+    assert token.obtained_wall == WALL + 0.5 and token.upstream_exp == WALL + 3600
+    assert json.loads(token.json(50.0))["target"] == "sfo-vcf01"
+    assert json.loads(token.json(50.0))["upstreamExp"] == WALL + 3600
+
+
+def test_admit_caps_a_lifetime_only_when_it_exceeds_the_cap() -> None:
+    claims = Claims(exp=WALL + 3601, iat=WALL)  # 3600 s once the whole second is taken off
+
+    at_cap = admit("t", TOKEN, fingerprint(TOKEN), claims, 0.0, WALL, None, max_lifetime=3600.0)
+    over = admit("t", TOKEN, fingerprint(TOKEN), claims, 0.0, WALL, None, max_lifetime=3599.0)
+
+    assert at_cap.claimed_lifetime is None and at_cap.token.lifetime == 3600.0
+    assert over.claimed_lifetime == 3600.0 and over.token.lifetime == 3599.0
+
+
+def test_admit_refuses_a_token_whose_expiry_cannot_be_rendered() -> None:
+    claims = Claims(exp=WALL + 10**12, iat=WALL)  # an expiry past the year 9999
+
+    with pytest.raises(InvalidResponse) as caught:
+        admit("t", TOKEN, fingerprint(TOKEN), claims, 0.0, WALL, None, max_lifetime=10.0**13)
+
+    assert caught.value.message == "the access token cannot be served (ValueError)"
