@@ -33,7 +33,7 @@ from tokend.errors import (
     UpstreamDetail,
     UpstreamError,
 )
-from tokend.held import HeldToken, iso_utc, tracked_lifetime
+from tokend.held import HeldToken, admit, iso_utc, tracked_lifetime
 from tokend.jwtinfo import Claims, fingerprint
 from tokend.schedule import RefreshPolicy, remediation
 
@@ -421,3 +421,106 @@ def test_a_token_expired_when_issued_is_refused_saying_so() -> None:
         tracked_lifetime(Claims(exp=WALL - 10, iat=WALL - 3610), sent_wall=WALL, server_date=WALL)
 
     assert caught.value.message == "the access token is already expired when issued"
+
+
+# -- third round ---------------------------------------------------------------------------------
+
+
+def test_the_state_is_refreshing_while_a_refresh_call_is_out() -> None:
+    p = logged_in(now=0.0, lifetime=100.0)
+
+    [call] = [e for e in poll_to_call(p, 70.0) if isinstance(e, Call)]
+
+    assert call.operation == "refresh"
+    assert p.state(70.5) == "refreshing"
+    assert p.state(70.5, in_flight=False) == "valid"
+
+
+def test_only_a_refresh_a_consumer_asked_for_is_logged_as_requested() -> None:
+    p = logged_in(now=0.0, lifetime=100.0)
+    assert not [e for e in logs(poll_to_call(p, 70.0)) if e.event == "token.refresh_requested"]
+
+    q = logged_in(now=0.0, lifetime=1000.0)
+    assert q.consumer_refresh(100.0) == 100.0
+    assert [e for e in logs(poll_to_call(q, 100.0)) if e.event == "token.refresh_requested"]
+    q.on_failure(100.0, "refresh", transient())
+    retry = q.next_action(100.0).at
+    assert not [e for e in logs(poll_to_call(q, retry)) if e.event == "token.refresh_requested"]
+
+
+def test_log_durations_are_rounded_to_a_tenth_and_a_millisecond() -> None:
+    p = logged_in(now=0.0, lifetime=100.0, rand=lambda: 0.123)
+    token = held(obtained_at=0.0, lifetime=100.0)
+
+    [log] = logs(p.on_token(0.0, token, "refresh"))
+    assert log.fields["next_refresh_in"] == 66.2  # 100 * (0.7 + 0.05 * (2 * 0.123 - 1)) = 66.23
+
+    p.consumer_refresh(1.23456)
+    [deferred] = [e for e in logs(p.poll(1.23456)) if e.event == "token.refresh_deferred"]
+    assert deferred.fields["in"] == 3.765
+
+
+def test_the_next_call_is_due_in_zero_seconds_when_it_is_due_now() -> None:
+    p = logged_in(now=0.0, lifetime=100.0)
+    p.on_failure(70.0, "refresh", gone())
+
+    assert p.next_call_in(70.0) == 0.0
+    assert p.next_call_in(75.0) == 0.0  # overdue is due now, never negative
+
+
+def test_a_token_records_when_it_arrived() -> None:
+    p = logged_in(now=0.0, lifetime=100.0)
+    p.on_token(70.25, held(70.0, 100.0), "refresh")
+
+    assert p.last_token_at == 70.25
+
+
+def test_restoring_no_rejections_adds_none_and_a_full_record_reports_the_state_change() -> None:
+    p = policy(max_login_failures=1)
+    p.observe_secret("secret-1")
+    p.restore(0.0, rejections=0, last_attempt=-100.0)
+    assert p.rejections() == 0 and not p.locked_out
+
+    q = policy(max_login_failures=2)
+    q.observe_secret("secret-1")
+    q.on_token(0.0, held(0.0, 100.0), "login", None)  # a token, and no refresh id
+    effects = q.restore(1.0, rejections=2, last_attempt=-5.0)
+    assert StateChanged("valid", "credentials_rejected") in effects
+
+
+# -- admit: the checks an issued token passes before it is served ---------------------------------
+
+
+def test_admit_builds_the_served_token_from_the_claims_and_the_request() -> None:
+    # No iat: the lifetime comes from the server's Date (exp - date - 1 s) and the wall clock
+    # of the request (obtained_wall), both passed through.
+    claims = Claims(exp=WALL + 3600, iat=None)
+
+    admitted = admit("sfo-vcf01", TOKEN, fingerprint(TOKEN), claims, sent_mono=50.0,
+                     sent_wall=WALL + 0.5, server_date=WALL + 600, max_lifetime=7200.0)
+
+    token = admitted.token
+    assert admitted.claimed_lifetime is None
+    assert (token.obtained_at, token.expires_at) == (50.0, 50.0 + 2999.0)
+    assert token.obtained_wall == WALL + 0.5 and token.upstream_exp == WALL + 3600
+    assert json.loads(token.json(50.0))["target"] == "sfo-vcf01"
+    assert json.loads(token.json(50.0))["upstreamExp"] == WALL + 3600
+
+
+def test_admit_caps_a_lifetime_only_when_it_exceeds_the_cap() -> None:
+    claims = Claims(exp=WALL + 3601, iat=WALL)  # 3600 s once the whole second is taken off
+
+    at_cap = admit("t", TOKEN, fingerprint(TOKEN), claims, 0.0, WALL, None, max_lifetime=3600.0)
+    over = admit("t", TOKEN, fingerprint(TOKEN), claims, 0.0, WALL, None, max_lifetime=3599.0)
+
+    assert at_cap.claimed_lifetime is None and at_cap.token.lifetime == 3600.0
+    assert over.claimed_lifetime == 3600.0 and over.token.lifetime == 3599.0
+
+
+def test_admit_refuses_a_token_whose_expiry_cannot_be_rendered() -> None:
+    claims = Claims(exp=WALL + 10**12, iat=WALL)  # an expiry past the year 9999
+
+    with pytest.raises(InvalidResponse) as caught:
+        admit("t", TOKEN, fingerprint(TOKEN), claims, 0.0, WALL, None, max_lifetime=10.0**13)
+
+    assert caught.value.message == "the access token cannot be served (ValueError)"
