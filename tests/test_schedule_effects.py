@@ -524,3 +524,12 @@ def test_admit_refuses_a_token_whose_expiry_cannot_be_rendered() -> None:
         admit("t", TOKEN, fingerprint(TOKEN), claims, 0.0, WALL, None, max_lifetime=10.0**13)
 
     assert caught.value.message == "the access token cannot be served (ValueError)"
+
+
+def test_admit_without_iat_or_date_times_the_token_by_the_local_wall_clock_of_the_request() -> None:
+    claims = Claims(exp=WALL + 3600, iat=None)
+
+    admitted = admit("t", TOKEN, fingerprint(TOKEN), claims, sent_mono=0.0, sent_wall=WALL + 100,
+                     server_date=None, max_lifetime=7200.0)
+
+    assert admitted.token.lifetime == 3600 - 100 - 60  # less a minute for the local clock
