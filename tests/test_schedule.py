@@ -1091,8 +1091,19 @@ def refuse_brand_new_tokens(p: RefreshPolicy, count: int, start: float = 10.0) -
         if due is None:
             return now + 1.0
         now = due + 0.5
-        p.on_token(now, held(due, 3600.0, token=f"eyJ.token-{i}"), "refresh")
+        p.on_token(now, held(due, 3600.0, token=f"eyJ.token-at-{now}"), "refresh")
     return now
+
+
+def assert_the_row_starts_again(p: RefreshPolicy, now: float) -> None:
+    """Two brand-new tokens refused from ``now`` on still refresh; the third in a row stops that."""
+    now = refuse_brand_new_tokens(p, 2, start=now)
+    assert not p.rejected_by_consumers
+    token = p.valid_token(now)
+    assert token is not None
+
+    assert p.consumer_refresh(now + 1.0, token.fingerprint, refused=True) is None
+    assert p.rejected_by_consumers
 
 
 def test_three_brand_new_tokens_refused_in_a_row_stop_consumer_refreshes() -> None:
@@ -1137,6 +1148,50 @@ def test_sighup_gives_consumers_another_chance() -> None:
     p.reconfigure(100.0, PolicyConfig())
 
     assert not p.rejected_by_consumers
+
+
+def test_a_token_nobody_refused_breaks_the_row() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    refuse_brand_new_tokens(p, 2, start=0.0)  # the third token is not reported
+
+    p.on_token(2600.0, held(2600.0, 3600.0, token="eyJ.scheduled"), "refresh")
+
+    assert_the_row_starts_again(p, 2600.0)
+
+
+def test_after_the_verdict_the_next_scheduled_refresh_starts_the_row_again() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    refuse_brand_new_tokens(p, 3, start=0.0)  # the third token, refused too, is still held
+    assert p.rejected_by_consumers
+
+    p.on_token(2600.0, held(2600.0, 3600.0, token="eyJ.scheduled"), "refresh")
+
+    assert_the_row_starts_again(p, 2600.0)
+
+
+def test_sighup_starts_the_row_of_refused_brand_new_tokens_again() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    now = refuse_brand_new_tokens(p, 2, start=0.0)
+
+    p.reconfigure(now, PolicyConfig())
+
+    assert_the_row_starts_again(p, now)
+
+
+def test_a_failed_refresh_between_refused_brand_new_tokens_does_not_break_the_row() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    now = refuse_brand_new_tokens(p, 1, start=0.0)
+    token = p.valid_token(now)
+    assert token is not None
+    due = p.consumer_refresh(now + 1.0, token.fingerprint, refused=True)
+    assert due is not None
+    p.on_failure(due, "refresh", transient())
+    p.on_token(due + 10.0, held(due + 10.0, 3600.0, token="eyJ.after-a-retry"), "refresh")
+    token = p.valid_token(due + 10.0)
+    assert token is not None
+
+    assert p.consumer_refresh(due + 11.0, token.fingerprint, refused=True) is None
+    assert p.rejected_by_consumers
 
 
 def a_target(**settings: Any) -> TargetConfig:
