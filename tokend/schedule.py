@@ -241,11 +241,12 @@ class RefreshPolicy:
                  refresh_id: str | None = None, duration: float | None = None) -> list[Effect]:
         """A call succeeded with an admitted ``token``; a login also brings its refresh id, if any."""
         previous = self.token
-        if previous is not None and self._reported != previous.fingerprint:
-            self._refused_new_tokens = 0  # the previous token was not refused: the row is broken
-        if self._consumer_due is None and self.rejected_by_consumers:
-            self.rejected_by_consumers = False  # a scheduled refresh: consumers get another chance
+        if self.rejected_by_consumers or (previous is not None
+                                          and self._reported != previous.fingerprint):
+            # The first token after the verdict (reports make no refresh then), or one after a
+            # token nobody refused: the row of refused brand-new tokens starts again.
             self._refused_new_tokens = 0
+        self.rejected_by_consumers = False  # consumers get another chance
         self.token = token
         self._published = token
         self.in_flight = None
