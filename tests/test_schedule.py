@@ -28,9 +28,8 @@ from tokend.errors import (
 from tokend.held import HeldToken, tracked_lifetime
 from tokend.jwtinfo import Claims, fingerprint
 from tokend.names import STATES
+from tokend.reports import CONSUMER_MIN_INTERVAL, CONSUMER_QUIET_AFTER_NEW_TOKEN
 from tokend.schedule import (
-    CONSUMER_MIN_INTERVAL,
-    CONSUMER_QUIET_AFTER_NEW_TOKEN,
     FIRST_RETRY,
     MIN_REFRESH_INTERVAL,
     NO_TOKEN_BACKOFF_CAP,

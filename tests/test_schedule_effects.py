@@ -35,7 +35,8 @@ from tokend.errors import (
 )
 from tokend.held import HeldToken, admit, iso_utc, tracked_lifetime
 from tokend.jwtinfo import Claims, fingerprint
-from tokend.schedule import RefreshPolicy, remediation
+from tokend.outcomes import remediation
+from tokend.schedule import RefreshPolicy
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjE3OTU4NDkyMDB9.c2ln"
 
@@ -390,7 +391,7 @@ def test_a_token_refused_exactly_at_the_end_of_its_quiet_time_is_not_brand_new()
 
     due = p.consumer_refresh(5.0, token.fingerprint, refused=True)  # 5 s: quiet time over
 
-    assert due == 5.0 and p._refused_new_tokens == 0
+    assert due == 5.0 and p.reports.refused_new_tokens == 0
 
 
 def test_consumers_refusing_brand_new_tokens_log_why_their_reports_stop() -> None:

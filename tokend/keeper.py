@@ -38,7 +38,8 @@ from tokend.ledger import Ledger
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import TargetMetrics
 from tokend.names import ErrorCode, KeeperCall, State
-from tokend.schedule import RefreshPolicy, remediation
+from tokend.outcomes import remediation
+from tokend.schedule import RefreshPolicy
 from tokend.secrets import Secret, read_secret, secret_stamp
 from tokend.upstream import Issued, UpstreamClient
 

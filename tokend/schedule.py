@@ -35,7 +35,7 @@ Rules (SPEC §5 and §8):
    refresh); it is dropped only if a new token arrives first. Every report of one token joins one
    refresh. None while failures back off or logins are stopped. After 3 brand-new tokens (reported
    within their first 5 s) in a row, reports no longer refresh: the state is ``degraded`` until the
-   next scheduled refresh or SIGHUP.
+   next scheduled refresh or SIGHUP. The reports are kept by :mod:`tokend.reports`.
 9. tokend's own bugs (:meth:`on_crash`) count as failures and back off; the state stays consistent.
 """
 
@@ -45,9 +45,8 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from tokend.config import PolicyConfig
 from tokend.effects import (
     Call,
     CheckSecret,
@@ -59,24 +58,20 @@ from tokend.effects import (
     StateChanged,
     Withdraw,
 )
-from tokend.errors import (
-    CredentialsRejected,
-    InvalidResponse,
-    RefreshTokenGone,
-    UpstreamError,
-)
-from tokend.held import HeldToken, iso_utc
+from tokend.errors import CredentialsRejected, RefreshTokenGone, UpstreamError
+from tokend.held import HeldToken
 from tokend.names import KeeperCall, State
+from tokend.outcomes import Failure, failure_log, refused_after_accept, token_log
+from tokend.reports import REFUSED_NEW_TOKENS_LIMIT, ConsumerReports
+
+if TYPE_CHECKING:
+    from tokend.config import PolicyConfig  # only its fields are read: no import of the loader
 
 FIRST_RETRY = 1.0
 NO_TOKEN_BACKOFF_CAP = 30.0
 TRANSIENT_REFRESHES_BEFORE_LOGIN = 3
-CONSUMER_QUIET_AFTER_NEW_TOKEN = 5.0
-CONSUMER_MIN_INTERVAL = 10.0
-REFUSED_NEW_TOKENS_LIMIT = 3
 MIN_REFRESH_INTERVAL = 1.0
 SECRET_CHECK_INTERVAL = 30.0
-
 
 
 @dataclass(frozen=True)
@@ -85,14 +80,6 @@ class Action:
 
     kind: Literal["login", "refresh", "idle"]
     at: float
-
-
-@dataclass(frozen=True)
-class Failure:
-    """The last failure, for ``lastError`` (SPEC §4)."""
-
-    error: UpstreamError
-    at: float  # monotonic
 
 
 class RefreshPolicy:
@@ -110,7 +97,7 @@ class RefreshPolicy:
         self.secret_digest: str | None = None
         self.last_failure: Failure | None = None
         self.last_token_at: float | None = None  # monotonic instant the last token arrived
-        self.rejected_by_consumers = False
+        self.reports = ConsumerReports()
         self._state: State = "starting"
         self._published: HeldToken | None = None
         self._rejections: dict[str, int] = {}
@@ -120,11 +107,6 @@ class RefreshPolicy:
         self._next_secret_check = 0.0
         self._secret_fresh = False  # read since the last login: a login may go ahead
         self._long_backoff = False  # the last failure was a refused answer to an accepted login
-        self._token_received_at = -math.inf
-        self._last_consumer_refresh = -math.inf
-        self._consumer_due: float | None = None
-        self._reported: str | None = None  # the token already reported refused
-        self._refused_new_tokens = 0
         self._pending: list[Effect] = []  # effects of consumer reports, given out at the next poll
 
     # -- reading --------------------------------------------------------------------------------
@@ -133,6 +115,11 @@ class RefreshPolicy:
     def has_refresh_token(self) -> bool:
         """True while a refresh id is held."""
         return self.refresh_id is not None
+
+    @property
+    def rejected_by_consumers(self) -> bool:
+        """True while consumers' reports make no refresh (brand-new tokens refused in a row)."""
+        return self.reports.rejected
 
     @property
     def locked_out(self) -> bool:
@@ -213,7 +200,7 @@ class RefreshPolicy:
                 return effects
             self._secret_fresh = False
             self.in_flight = action.kind
-            if self._consumer_due is not None and action.kind == "refresh":
+            if self.reports.due is not None and action.kind == "refresh":
                 effects.append(Log("info", "token.refresh_requested", {"reason": "consumer"}))
             effects += self._state_effects(now)
             effects.append(Call(action.kind, self.refresh_id if action.kind == "refresh" else None))
@@ -240,13 +227,7 @@ class RefreshPolicy:
     def on_token(self, now: float, token: HeldToken, operation: KeeperCall,
                  refresh_id: str | None = None, duration: float | None = None) -> list[Effect]:
         """A call succeeded with an admitted ``token``; a login also brings its refresh id, if any."""
-        previous = self.token
-        if self.rejected_by_consumers or (previous is not None
-                                          and self._reported != previous.fingerprint):
-            # The first token after the verdict (reports make no refresh then), or one after a
-            # token nobody refused: the row of refused brand-new tokens starts again.
-            self._refused_new_tokens = 0
-        self.rejected_by_consumers = False  # consumers get another chance
+        self.reports.new_token(now, self.token.fingerprint if self.token is not None else None)
         self.token = token
         self._published = token
         self.in_flight = None
@@ -256,8 +237,6 @@ class RefreshPolicy:
         self._long_backoff = False
         self.last_failure = None
         self.last_token_at = now
-        self._token_received_at = now
-        self._consumer_due = None
         if operation == "login":
             self.refresh_id = refresh_id
             self._rejections.pop(self.secret_digest or "", None)
@@ -265,13 +244,7 @@ class RefreshPolicy:
         fraction = self.config.refresh_at + self.config.jitter * (2 * self._rand() - 1)
         self._next_at = token.obtained_at + max(token.lifetime * fraction, MIN_REFRESH_INTERVAL)
         self._scheduled_at = self._next_at
-        next_in = self.next_call_in(now)
-        log = Log("info", "token.acquired" if operation == "login" else "token.refreshed", {
-            "operation": operation, "fingerprint": token.fingerprint,
-            "expires_at": iso_utc(token.expires_wall), "expires_in": token.expires_in(now),
-            "next_refresh_in": round(next_in, 1) if next_in is not None else None,
-            "duration": round(duration, 3) if duration is not None else None,
-        })
+        log = token_log(now, operation, token, self.next_call_in(now), duration)
         return [Publish(token), log, *self._state_effects(now)]
 
     def on_failure(self, now: float, operation: KeeperCall, error: UpstreamError) -> list[Effect]:
@@ -281,7 +254,7 @@ class RefreshPolicy:
         self.attempted = True
         self.failures += 1
         self.last_failure = Failure(error, now)
-        self._consumer_due = None
+        self.reports.drop()
         self._long_backoff = False
         if operation == "login":
             # Whatever the outcome, the next attempt goes back to the refresh token if one is held.
@@ -295,7 +268,7 @@ class RefreshPolicy:
             self.transient_refresh_failures = 0
         elif operation == "refresh":
             self.transient_refresh_failures += 1
-        elif _refused_after_accept(error):
+        elif refused_after_accept(error):
             self._long_backoff = True
             if error.issued_refresh_id is not None:
                 effects.append(Revoke(error.issued_refresh_id))
@@ -371,29 +344,16 @@ class RefreshPolicy:
         token = self.valid_token(now)
         if token is None or (fingerprint is not None and fingerprint != token.fingerprint):
             return None
-        if refused and self._reported != token.fingerprint:
-            self._reported = token.fingerprint
-            brand_new = now - self._token_received_at < CONSUMER_QUIET_AFTER_NEW_TOKEN
-            self._refused_new_tokens = self._refused_new_tokens + 1 if brand_new else 0
-            if self._refused_new_tokens >= REFUSED_NEW_TOKENS_LIMIT:
-                self.rejected_by_consumers = True
-                self._consumer_due = None
-                if not self.failures:  # drop any refresh a consumer brought forward
-                    self._next_at = self._scheduled_at
-        if self.rejected_by_consumers:
+        if refused and self.reports.refused(now, token.fingerprint) and not self.failures:
+            self._next_at = self._scheduled_at  # the verdict: drop any refresh brought forward
+        if self.reports.rejected or self.failures or (self.locked_out and not self.has_refresh_token):
             return None
-        if self.failures or (self.locked_out and not self.has_refresh_token):
-            return None
-        if self._consumer_due is not None:
-            return self._consumer_due  # one refresh however many report it
-        due = max(now, self._token_received_at + CONSUMER_QUIET_AFTER_NEW_TOKEN,
-                  self._last_consumer_refresh + CONSUMER_MIN_INTERVAL)
-        self._consumer_due = due
-        self._last_consumer_refresh = due
-        self._next_at = min(self._next_at, due)
-        if due > now:
-            self._pending.append(Log("info", "token.refresh_deferred",
-                                     {"reason": reason, "in": round(due - now, 3)}))
+        due, asked = self.reports.ask(now)  # one refresh however many report it
+        if asked:
+            self._next_at = min(self._next_at, due)
+            if due > now:
+                self._pending.append(Log("info", "token.refresh_deferred",
+                                         {"reason": reason, "in": round(due - now, 3)}))
         return due
 
     def forget_refresh_token(self) -> None:
@@ -412,8 +372,7 @@ class RefreshPolicy:
         """SIGHUP kept this target: new settings, lockout and consumer verdict cleared, secret re-read."""
         self.config = config
         self.reset_lockout()
-        self.rejected_by_consumers = False
-        self._refused_new_tokens = 0
+        self.reports.reset()
         self._next_secret_check = now
         return self._state_effects(now)
 
@@ -435,40 +394,7 @@ class RefreshPolicy:
     def _failure_log(self, now: float, operation: KeeperCall, error: UpstreamError) -> Log:
         action = self.next_action(now)
         token = self.valid_token(now)
-        fields: dict[str, Any] = {
-            "operation": operation,
-            "outcome": error.outcome,
-            "status": error.status,
-            "errorCode": error.error_code,
-            "message": error.message + (f": {error.detail.message}" if error.detail.message else ""),
-            "remediationMessage": error.detail.remediation_message or remediation(error),
-            "referenceToken": error.detail.reference_token,
-            "consecutive_failures": self.failures,
-            "token_valid_for": token.expires_in(now) if token else 0,
-        }
-        if action.kind == "idle":
-            fields["next"] = "no more logins until the secret changes or SIGHUP"
-        else:
-            fields["next"] = f"{action.kind} in {max(0.0, action.at - now):.1f}s"
-        fields = {k: v for k, v in fields.items() if v is not None}
-        if isinstance(error, CredentialsRejected):
-            return Log("error", "login.rejected", {
-                "rejections": self.rejections(),
-                "max_login_failures": self.config.max_login_failures, **fields})
-        return Log("warning", "token.refresh_failed", fields)
-
-
-def remediation(error: UpstreamError) -> str:
-    """What the operator should do about ``error`` when the upstream did not say."""
-    if isinstance(error, CredentialsRejected):
-        return ("Check the username and secret of this target; tokend logs in again when the"
-                " secret changes or on SIGHUP")
-    if isinstance(error, RefreshTokenGone):
-        return "None needed: tokend logs in again"
-    return "tokend retries with backoff; check that the SDDC Manager is reachable and healthy"
-
-
-def _refused_after_accept(error: UpstreamError) -> bool:
-    """A login answer the upstream sent after taking the credentials, which tokend refused."""
-    status = error.status
-    return isinstance(error, InvalidResponse) and not (status is not None and 300 <= status < 400)
+        return failure_log(operation, error, (action.kind, action.at - now), failures=self.failures,
+                           token_valid_for=token.expires_in(now) if token else 0,
+                           rejections=self.rejections(),
+                           max_login_failures=self.config.max_login_failures)
