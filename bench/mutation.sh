@@ -3,7 +3,8 @@
 # that cover it, in a copy of the working tree. Outside CI (a few minutes per module on 2 cores).
 #
 # Usage: bash bench/mutation.sh [MODULE...]
-#   MODULE: schedule, jwtinfo, peers, values, logs (the redaction only); default all of them.
+#   MODULE: schedule (with reports and outcomes, the parts it keeps beside it), jwtinfo, peers,
+#           values, logs (the redaction only); default all of them.
 # Environment:
 #   MUTATION_WORK  where the copies and mutmut's results go (default /tmp/tokend-mutation);
 #                  `cd $MUTATION_WORK/MODULE && $MUTATION_WORK/venv/bin/mutmut show NAME` shows a mutant
@@ -27,6 +28,10 @@ declare -A plan=(
     [peers]="tests/test_peers.py|"
     [values]="tests/test_values.py tests/test_config.py|"
     [logs]="tests/test_logs_redaction.py tests/test_secrets.py|tokend.logs.xǁRedactorǁ* tokend.logs.x_redact_processor*"
+)
+# module -> the files mutated besides tokend/MODULE.py
+declare -A beside=(
+    [schedule]="tokend/reports.py tokend/outcomes.py"
 )
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=(schedule jwtinfo peers values logs)
@@ -63,7 +68,8 @@ for module in "${modules[@]}"; do
         echo
         echo "[tool.mutmut]"
         echo 'source_paths = ["tokend"]'
-        echo "only_mutate = [\"tokend/$module.py\"]"
+        printf 'only_mutate = [%s]\n' \
+            "$(printf '"%s", ' "tokend/$module.py" ${beside[$module]:-} | sed 's/, $//')"
         printf 'pytest_add_cli_args_test_selection = [%s]\n' \
             "$(printf '"%s", ' $tests | sed 's/, $//')"
         echo 'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]'
