@@ -80,6 +80,15 @@ def logged_in(rand: Callable[[], float] = half, now: float = 0.0, lifetime: floa
     return p
 
 
+def locked_out_policy(rand: Callable[[], float] = half) -> RefreshPolicy:
+    """A policy whose secret ``digest-a`` was rejected at 0, 60 and 120 s: no more logins."""
+    p = policy(rand)
+    p.observe_secret("digest-a")
+    for i in range(3):
+        p.on_failure(60.0 * i, "login", rejected())
+    return p
+
+
 def transient(retry_after: float | None = None) -> TransientError:
     return TransientError("upstream unavailable", status=503, retry_after=retry_after)
 
@@ -747,10 +756,7 @@ def test_after_max_login_failures_rejections_of_one_secret_logins_stop(
 
 
 def test_a_changed_secret_resumes_logins_with_a_new_count() -> None:
-    p = policy(high)
-    p.observe_secret("digest-a")
-    for i in range(3):
-        p.on_failure(60.0 * i, "login", rejected())
+    p = locked_out_policy(high)
     assert p.next_action(120.0).kind == "idle"
 
     p.observe_secret("digest-b")
@@ -764,10 +770,7 @@ def test_a_changed_secret_resumes_logins_with_a_new_count() -> None:
 
 
 def test_observing_the_same_secret_again_keeps_the_lockout() -> None:
-    p = policy()
-    p.observe_secret("digest-a")
-    for i in range(3):
-        p.on_failure(60.0 * i, "login", rejected())
+    p = locked_out_policy()
 
     p.observe_secret("digest-a")
 
@@ -775,10 +778,7 @@ def test_observing_the_same_secret_again_keeps_the_lockout() -> None:
 
 
 def test_reset_lockout_resumes_logins_still_spaced() -> None:
-    p = policy(high)
-    p.observe_secret("digest-a")
-    for i in range(3):
-        p.on_failure(60.0 * i, "login", rejected())
+    p = locked_out_policy(high)
 
     p.reset_lockout()
 
@@ -869,42 +869,26 @@ def test_the_state_is_starting_before_any_attempt(in_flight: bool) -> None:
     assert policy().state(0.0, in_flight=in_flight) == "starting"
 
 
-def test_the_state_is_valid_while_a_token_is_held_and_nothing_failed() -> None:
-    p = logged_in(now=0.0, lifetime=100.0)
-
-    assert p.state(0.0, in_flight=False) == "valid"
-    assert p.state(99.9, in_flight=False) == "valid"
-
-
-def test_the_state_is_refreshing_while_a_call_is_in_flight_with_a_valid_token() -> None:
-    p = logged_in(now=0.0, lifetime=100.0)
-
-    assert p.state(70.0, in_flight=True) == "refreshing"
-
-
-def test_the_state_is_degraded_while_refreshes_fail_and_the_token_is_still_valid() -> None:
-    p = logged_in(now=0.0, lifetime=100.0)
-    p.on_failure(70.0, "refresh", transient())
-
-    assert p.state(70.0, in_flight=False) == "degraded"
+@pytest.mark.parametrize(("failed_at_70", "at", "in_flight", "state"), [
+    pytest.param(False, 0.0, False, "valid", id="valid-while-held-and-nothing-failed"),
+    pytest.param(False, 99.9, False, "valid", id="valid-to-the-end-of-its-life"),
+    pytest.param(False, 70.0, True, "refreshing", id="refreshing-while-a-healthy-call-is-out"),
+    pytest.param(False, 70.0, False, "valid", id="valid-again-once-the-call-is-back"),
+    pytest.param(True, 70.0, False, "degraded", id="degraded-while-refreshes-fail"),
     # A retry in flight does not hide the failing refreshes (alerts would lose their pending time).
-    assert p.state(71.0, in_flight=True) == "degraded"
-
-
-def test_the_state_is_refreshing_while_a_healthy_refresh_is_in_flight() -> None:
+    pytest.param(True, 71.0, True, "degraded", id="degraded-while-a-retry-is-in-flight"),
+    pytest.param(True, 100.0, False, "expired", id="expired-once-the-token-runs-out"),
+    pytest.param(True, 100.0, True, "expired", id="expired-even-with-a-call-out"),
+])
+def test_the_state_of_a_held_token_follows_its_life_its_failures_and_the_call_in_flight(
+    failed_at_70: bool, at: float, in_flight: bool, state: str,
+) -> None:
     p = logged_in(now=0.0, lifetime=100.0)
+    if failed_at_70:
+        p.on_failure(70.0, "refresh", transient())
 
-    assert p.state(70.0, in_flight=True) == "refreshing"
-    assert p.state(70.0, in_flight=False) == "valid"
-
-
-def test_the_state_is_expired_once_the_token_runs_out() -> None:
-    p = logged_in(now=0.0, lifetime=100.0)
-    p.on_failure(70.0, "refresh", transient())
-
-    assert p.state(100.0, in_flight=False) == "expired"
-    assert p.state(100.0, in_flight=True) == "expired"
-    assert p.valid_token(100.0) is None
+    assert p.state(at, in_flight=in_flight) == state
+    assert (p.valid_token(at) is None) == (state == "expired")
 
 
 def test_the_state_is_expired_after_a_failed_first_login() -> None:
@@ -915,10 +899,7 @@ def test_the_state_is_expired_after_a_failed_first_login() -> None:
 
 
 def test_the_state_is_credentials_rejected_when_the_lockout_guard_stops_logins() -> None:
-    p = policy()
-    p.observe_secret("digest-a")
-    for i in range(3):
-        p.on_failure(60.0 * i, "login", rejected())
+    p = locked_out_policy()
 
     assert p.state(200.0, in_flight=False) == "credentials_rejected"
 
@@ -1061,10 +1042,7 @@ def test_consumer_refreshes_are_refused_while_failures_back_off() -> None:
 
 
 def test_consumer_refreshes_are_refused_while_credentials_are_rejected() -> None:
-    p = policy()
-    p.observe_secret("digest-a")
-    for i in range(3):
-        p.on_failure(60.0 * i, "login", rejected())
+    p = locked_out_policy()
     p.failures = 0  # even were the failure count cleared
 
     assert p.consumer_refresh(1000.0) is None
@@ -1094,29 +1072,33 @@ def refuse_brand_new_tokens(p: RefreshPolicy, count: int, start: float = 10.0) -
     return now
 
 
-def assert_the_row_starts_again(p: RefreshPolicy, now: float) -> None:
-    """Two brand-new tokens refused from ``now`` on still refresh; the third in a row stops that."""
-    now = refuse_brand_new_tokens(p, 2, start=now)
+def refuse_three_brand_new_tokens(p: RefreshPolicy, start: float = 0.0) -> tuple[float, HeldToken]:
+    """Report three tokens refused in a row, each a second after its arrival: the first two still
+    refresh, the third does not. Returns the instant of the third report and the third token."""
+    now = refuse_brand_new_tokens(p, 2, start=start)
     assert not p.rejected_by_consumers
     token = p.valid_token(now)
     assert token is not None
-
     assert p.consumer_refresh(now + 1.0, token.fingerprint, refused=True) is None
+    return now + 1.0, token
+
+
+def assert_the_row_starts_again(p: RefreshPolicy, now: float) -> None:
+    """Two brand-new tokens refused from ``now`` on still refresh; the third in a row stops that."""
+    refuse_three_brand_new_tokens(p, start=now)
     assert p.rejected_by_consumers
 
 
 def test_three_brand_new_tokens_refused_in_a_row_stop_consumer_refreshes() -> None:
     p = logged_in(now=0.0, lifetime=3600.0)
-    now = refuse_brand_new_tokens(p, 2, start=0.0)
-    token = p.valid_token(now)
-    assert token is not None
 
-    assert p.consumer_refresh(now + 1.0, token.fingerprint, refused=True) is None
+    now, token = refuse_three_brand_new_tokens(p)
+
     assert p.rejected_by_consumers
-    assert p.state(now + 1.0) == "degraded"
-    effects = p.poll(now + 1.0)
+    assert p.state(now) == "degraded"
+    effects = p.poll(now)
     assert any(isinstance(e, Log) and e.event == "token.rejected_by_consumers" for e in effects)
-    assert p.consumer_refresh(now + 30.0, token.fingerprint, refused=True) is None
+    assert p.consumer_refresh(now + 29.0, token.fingerprint, refused=True) is None
 
 
 def test_a_refused_token_that_was_not_brand_new_breaks_the_row() -> None:

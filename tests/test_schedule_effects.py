@@ -20,7 +20,7 @@ from tests.test_schedule import (
     held,
     logged_in,
     policy,
-    refuse_brand_new_tokens,
+    refuse_three_brand_new_tokens,
     rejected,
     transient,
 )
@@ -324,33 +324,36 @@ def test_a_login_call_carries_no_refresh_id_and_a_refresh_call_carries_the_held_
     assert refresh == Call("refresh", "rid-2")
 
 
-@pytest.mark.parametrize("status", [300, 302, 308, 399])
-def test_a_redirected_login_is_backed_off_like_any_failure_and_revokes_nothing(status: int) -> None:
+def refuse_eight_login_answers(message: str, status: int | None) -> tuple[list[list[object]], float]:
+    """Eight logins in a row, each answered with an ``InvalidResponse`` that carries a refresh id,
+    each retried when due. Returns each failure's effects and the wait before the last retry."""
     p = policy(max_backoff=300.0, rand=lambda: 0.99)
     p.observe_secret("secret-1")
     now = 0.0
+    batches: list[list[object]] = []
     for _ in range(8):
-        effects = p.on_failure(now, "login", InvalidResponse("redirect not followed", status=status,
-                                                             issued_refresh_id="rid-orphan"))
-        assert not [e for e in effects if isinstance(e, Revoke)]
+        batches.append(list(p.on_failure(now, "login", InvalidResponse(
+            message, status=status, issued_refresh_id="rid-orphan"))))
         gap = p.next_action(now).at - now
         now += gap
+    return batches, gap
 
+
+@pytest.mark.parametrize("status", [300, 302, 308, 399])
+def test_a_redirected_login_is_backed_off_like_any_failure_and_revokes_nothing(status: int) -> None:
+    batches, gap = refuse_eight_login_answers("redirect not followed", status)
+
+    for effects in batches:
+        assert not [e for e in effects if isinstance(e, Revoke)]
     assert gap <= 30.0  # without a token, backoff is capped at 30 s
 
 
 @pytest.mark.parametrize("status", [200, 201, None])
 def test_a_refused_answer_to_an_accepted_login_is_revoked_and_backed_off_long(status: int | None) -> None:
-    p = policy(max_backoff=300.0, rand=lambda: 0.99)
-    p.observe_secret("secret-1")
-    now = 0.0
-    for _ in range(8):
-        effects = p.on_failure(now, "login", InvalidResponse("expired at issue", status=status,
-                                                             issued_refresh_id="rid-orphan"))
-        assert Revoke("rid-orphan") in effects
-        gap = p.next_action(now).at - now
-        now += gap
+    batches, gap = refuse_eight_login_answers("expired at issue", status)
 
+    for effects in batches:
+        assert Revoke("rid-orphan") in effects
     assert gap > 30.0  # past the no-token cap: a bad server is not asked every 30 s
 
 
@@ -396,12 +399,9 @@ def test_a_token_refused_exactly_at_the_end_of_its_quiet_time_is_not_brand_new()
 
 def test_consumers_refusing_brand_new_tokens_log_why_their_reports_stop() -> None:
     p = logged_in(now=0.0, lifetime=3600.0)
-    now = refuse_brand_new_tokens(p, 2, start=0.0)
-    token = p.valid_token(now)
-    assert token is not None
-    assert p.consumer_refresh(now + 1.0, token.fingerprint, refused=True) is None
+    now, _ = refuse_three_brand_new_tokens(p)
 
-    effects = p.poll(now + 1.0)
+    effects = p.poll(now)
 
     assert StateChanged("valid", "degraded") in effects
     assert Log("warning", "token.rejected_by_consumers", {
