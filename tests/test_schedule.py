@@ -995,6 +995,15 @@ def test_every_report_of_one_token_joins_one_refresh() -> None:
     assert p.consumer_refresh(203.0, refused=True) == 200.0
 
 
+def test_a_refused_report_joining_a_refresh_already_asked_for_keeps_it_due() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    assert p.consumer_refresh(200.0) == 200.0  # min_ttl
+
+    assert p.consumer_refresh(201.0, refused=True) == 200.0
+
+    assert p.next_action(201.0) == Action("refresh", 200.0)
+
+
 def test_at_most_one_consumer_refresh_per_ten_seconds_the_next_is_deferred() -> None:
     p = logged_in(now=0.0, lifetime=3600.0)
     assert p.consumer_refresh(200.0) == 200.0

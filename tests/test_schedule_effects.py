@@ -449,6 +449,27 @@ def test_only_a_refresh_a_consumer_asked_for_is_logged_as_requested() -> None:
     assert not [e for e in logs(poll_to_call(q, retry)) if e.event == "token.refresh_requested"]
 
 
+def test_the_scheduled_refresh_after_the_consumers_verdict_is_not_logged_as_requested() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    _, token = refuse_three_brand_new_tokens(p)
+    scheduled = p.next_action(token.obtained_at).at
+
+    effects = poll_to_call(p, scheduled)
+
+    assert Call("refresh", "rid-1") in effects
+    assert not [e for e in logs(effects) if e.event == "token.refresh_requested"]
+
+
+def test_reports_joining_a_deferred_refresh_log_it_once() -> None:
+    p = logged_in(now=0.0, lifetime=3600.0)
+    assert p.consumer_refresh(1.0) == 5.0
+    assert p.consumer_refresh(2.0, refused=True) == 5.0
+
+    [deferred] = [e for e in logs(p.poll(2.0)) if e.event == "token.refresh_deferred"]
+
+    assert deferred.fields == {"reason": "consumer", "in": 4.0}
+
+
 def test_log_durations_are_rounded_to_a_tenth_and_a_millisecond() -> None:
     p = logged_in(now=0.0, lifetime=100.0, rand=lambda: 0.123)
     token = held(obtained_at=0.0, lifetime=100.0)
