@@ -121,10 +121,13 @@ class ProxyGate(PeerGate):
 def caller_of(request: web.BaseRequest) -> Caller:
     """Who sent ``request``: set by the listener on its connection handler (``caller``), or, on a
     gated Unix socket, the admitted peer."""
-    caller = getattr(request.protocol, "caller", None)
+    protocol = request.protocol
+    caller = getattr(protocol, "caller", None)
     if isinstance(caller, Caller):
         return caller
-    return Caller("unix", peer=peer_of_request(request))
+    caller = Caller("unix", peer=peer_of_request(request))
+    protocol.caller = caller  # type: ignore[attr-defined]  # once per connection
+    return caller
 
 
 class Proxy:

@@ -55,6 +55,7 @@ from tokend.metrics import ProxyMetrics
 from tokend.names import ProxyOutcome
 from tokend.proxy.canon import Refused, RequestTarget, upstream_url
 from tokend.proxy.headers import request_headers, response_headers
+from tokend.proxy.transfer import Transfer
 from tokend.upstream import parse_detail, tls_setting
 from tokend.values import format_duration, format_pin
 
@@ -107,29 +108,6 @@ class _Cut(Exception):
     """The answer had begun when the transfer failed: the consumer's connection is closed."""
 
 
-class _Transfer:
-    """Where one exchange stands, and the deadline that moves with it (SPEC §9.1 *Streaming*)."""
-
-    def __init__(self, request_timeout: float, response_timeout: float) -> None:
-        self.request_timeout = request_timeout
-        self.response_timeout = response_timeout
-        self.deadline: asyncio.Timeout | None = None
-        self.waiting_on_consumer = False
-        self.body_sent = False
-        self.answer: web.StreamResponse | None = None  # once set, failures cut the connection
-
-    def moved(self) -> None:
-        """Bytes moved: the transfer may stall for ``request_timeout`` from now."""
-        if self.deadline is not None and not self.deadline.expired():
-            self.deadline.reschedule(asyncio.get_running_loop().time() + self.request_timeout)
-
-    def sent(self) -> None:
-        """The request body is sent: the response headers have ``response_timeout`` from now."""
-        self.body_sent = True
-        if self.deadline is not None and self.answer is None and not self.deadline.expired():
-            self.deadline.reschedule(asyncio.get_running_loop().time() + self.response_timeout)
-
-
 class Forwarder:
     """One proxy's connection pool to its target, and the forwarding of one request at a time."""
 
@@ -173,7 +151,7 @@ class Forwarder:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self.proxy.max_upstream_connections,
                                                limit_per_host=0),
-                # Connecting counts against request_timeout; the rest is bounded by _Transfer.
+                # Connecting counts against request_timeout; the rest is bounded by Transfer.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.target.request_timeout),
                 auto_decompress=False,
                 trust_env=False,
@@ -210,7 +188,8 @@ class Forwarder:
         if request.body_exists and not streamed:
             await _send_continue(request)
             try:
-                body = await asyncio.wait_for(request.content.read(), self.target.request_timeout)
+                async with asyncio.timeout(self.target.request_timeout):
+                    body = await request.content.read()
             except TimeoutError:
                 return _local(408, "BAD_REQUEST", "the request body did not arrive within"
                               f" {self.target.request_timeout:g} s", "refused")
@@ -260,14 +239,18 @@ class Forwarder:
         if streamed and request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.target.request_timeout)
+            if self._slots.locked():  # wait for a slot; a free one is taken without a timer
+                async with asyncio.timeout(self.target.request_timeout):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()
         except TimeoutError:
             return _local(503, "UPSTREAM_BUSY", f"all {self.proxy.max_upstream_connections}"
                           f" connections to target '{self.target.name}' stayed busy for"
                           f" {self.target.request_timeout:g} s", "unavailable",
                           remediation="Retry later, or raise max_upstream_connections",
                           retry_after=1)
-        transfer = _Transfer(self.target.request_timeout, self.proxy.response_timeout)
+        transfer = Transfer(self.target.request_timeout, self.proxy.response_timeout)
         try:
             return await self._send(request, url, headers, body, streamed, transfer, retry)
         except _Cut as exc:
@@ -278,29 +261,27 @@ class Forwarder:
             self._slots.release()
 
     async def _send(self, request: web.BaseRequest, url: str, headers: CIMultiDict[str],
-                    body: bytes | None, streamed: bool, transfer: _Transfer,
+                    body: bytes | None, streamed: bool, transfer: Transfer,
                     retry: bool) -> Forwarded | _TokenRefused:
         loop = asyncio.get_running_loop()
         data: Any = self._upload(request, transfer) if streamed else body
         first_wait = self.target.request_timeout if streamed else self.proxy.response_timeout
         started = loop.time()
         try:
-            async with asyncio.timeout(first_wait) as deadline:
-                transfer.deadline = deadline
-                async with self._get_session().request(
-                        request.method, URL(url, encoded=True), headers=headers, data=data,
-                        allow_redirects=False) as resp:
-                    self.metrics.upstream_answered(loop.time() - started)
-                    transfer.moved()
-                    if resp.status >= 400 and _has_body(request.method, resp.status):
-                        kept = await _read_error(resp, transfer)
-                        if (resp.status == 401 and not retry and kept is not None
-                                and parse_detail(kept).error_code in REFUSED_TOKEN_CODES):
-                            return _TokenRefused(resp.status, resp.reason or "", resp.headers,
-                                                 kept)
-                        return await self._pass_error(request, resp.status, resp.reason or "",
-                                                      resp.headers, kept)
-                    return await self._stream_answer(request, resp, transfer)
+            async with transfer.start(first_wait), self._get_session().request(
+                    request.method, URL(url, encoded=True), headers=headers, data=data,
+                    allow_redirects=False) as resp:
+                self.metrics.upstream_answered(loop.time() - started)
+                transfer.moved()
+                if resp.status >= 400 and _has_body(request.method, resp.status):
+                    kept = await _read_error(resp, transfer)
+                    if (resp.status == 401 and not retry and kept is not None
+                            and parse_detail(kept).error_code in REFUSED_TOKEN_CODES):
+                        return _TokenRefused(resp.status, resp.reason or "", resp.headers,
+                                             kept)
+                    return await self._pass_error(request, resp.status, resp.reason or "",
+                                                  resp.headers, kept)
+                return await self._stream_answer(request, resp, transfer)
         except TimeoutError as exc:
             if transfer.answer is not None:
                 raise _Cut(f"the answer stopped moving for {self.target.request_timeout:g} s") \
@@ -329,7 +310,7 @@ class Forwarder:
                                 f"{type(exc).__name__}: {_one_line(str(exc))}")
 
     async def _upload(self, request: web.BaseRequest,
-                      transfer: _Transfer) -> AsyncIterator[bytes]:
+                      transfer: Transfer) -> AsyncIterator[bytes]:
         """The consumer's body, chunk by chunk: aiohttp asks for the next once it sent this one."""
         await _send_continue(request)
         while True:
@@ -344,7 +325,7 @@ class Forwarder:
         transfer.sent()
 
     async def _stream_answer(self, request: web.BaseRequest, resp: aiohttp.ClientResponse,
-                             transfer: _Transfer) -> Forwarded:
+                             transfer: Transfer) -> Forwarded:
         """The upstream's status, headers and body, unchanged; the body as it arrives."""
         answer = web.StreamResponse(status=resp.status, reason=resp.reason,
                                     headers=response_headers(resp.headers.items()))
@@ -456,7 +437,7 @@ async def _send_continue(request: web.BaseRequest) -> None:
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
-async def _read_error(resp: aiohttp.ClientResponse, transfer: _Transfer) -> bytes | None:
+async def _read_error(resp: aiohttp.ClientResponse, transfer: Transfer) -> bytes | None:
     """An error answer's body, if it is at most MAX_ERROR_BODY bytes; else None (not read)."""
     if resp.content_length is not None and resp.content_length > MAX_ERROR_BODY:
         return None

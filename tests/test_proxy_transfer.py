@@ -1,0 +1,143 @@
+"""The moving deadline of a proxied exchange (tokend.proxy.transfer), on a clock of the test's."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tokend.proxy.transfer import MovingDeadline
+
+
+class ManualTimers:
+    """The two timer calls MovingDeadline makes (``time``, ``call_at``), on a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.handles: list[asyncio.TimerHandle] = []
+        self.set_at: list[float] = []  # every call_at, in order
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(when, callback, (), asyncio.get_running_loop())
+        self.handles.append(handle)
+        self.set_at.append(when)
+        return handle
+
+    def advance(self, to: float) -> None:
+        """Time is ``to``: every live timer due by then runs, in order."""
+        self.now = to
+        while due := sorted((h for h in self.handles if not h.cancelled() and h.when() <= to),
+                            key=lambda h: h.when()):
+            handle = due[0]
+            self.handles.remove(handle)
+            handle._run()
+
+
+async def run_until_blocked(task: asyncio.Task[Any]) -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def hold(deadline: MovingDeadline, release: asyncio.Event) -> str:
+    async with deadline:
+        await release.wait()
+    return "finished"
+
+
+@pytest.fixture
+def timers() -> ManualTimers:
+    return ManualTimers()
+
+
+async def test_a_deadline_not_moved_cancels_at_its_instant_as_a_timeout(timers: ManualTimers) -> None:
+    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(hold(deadline, asyncio.Event()))
+    await run_until_blocked(task)
+    timers.advance(9.9)
+    await run_until_blocked(task)
+    assert not task.done() and not deadline.expired()
+    timers.advance(10.0)
+    with pytest.raises(TimeoutError):
+        await task
+    assert deadline.expired()
+
+
+async def test_moving_a_deadline_later_sets_no_timer_until_the_old_one_fires(
+        timers: ManualTimers) -> None:
+    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(hold(deadline, asyncio.Event()))
+    await run_until_blocked(task)
+    for when in (12.0, 14.0, 16.0):
+        deadline.move_to(when)
+    assert timers.set_at == [10.0]  # moved three times, no timer touched
+    timers.advance(10.0)  # the first timer fires early: it is set again at the moved instant
+    await run_until_blocked(task)
+    assert not task.done()
+    assert timers.set_at == [10.0, 16.0]
+    timers.advance(15.9)
+    await run_until_blocked(task)
+    assert not task.done()
+    timers.advance(16.0)
+    with pytest.raises(TimeoutError):
+        await task
+
+
+async def test_moving_a_deadline_earlier_fires_at_the_earlier_instant(timers: ManualTimers) -> None:
+    deadline = MovingDeadline(timers, 300.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(hold(deadline, asyncio.Event()))
+    await run_until_blocked(task)
+    deadline.move_to(15.0)
+    assert timers.set_at == [300.0, 15.0]
+    timers.advance(15.0)
+    with pytest.raises(TimeoutError):
+        await task
+
+
+async def test_a_block_that_ends_in_time_cancels_its_timer_and_returns(timers: ManualTimers) -> None:
+    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
+    release = asyncio.Event()
+    task = asyncio.create_task(hold(deadline, release))
+    await run_until_blocked(task)
+    release.set()
+    assert await task == "finished"
+    assert all(h.cancelled() for h in timers.handles)
+    timers.advance(20.0)
+    assert not deadline.expired()
+
+
+async def test_a_cancellation_from_elsewhere_stays_a_cancellation(timers: ManualTimers) -> None:
+    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(hold(deadline, asyncio.Event()))
+    await run_until_blocked(task)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not deadline.expired()
+
+
+async def test_a_cancellation_from_elsewhere_after_expiry_stays_a_cancellation(
+        timers: ManualTimers) -> None:
+    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(hold(deadline, asyncio.Event()))
+    await run_until_blocked(task)
+    timers.advance(10.0)  # the deadline cancels the task ...
+    task.cancel()  # ... and so does someone else before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert deadline.expired()
+
+
+async def test_an_expired_deadline_is_not_moved(timers: ManualTimers) -> None:
+    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(hold(deadline, asyncio.Event()))
+    await run_until_blocked(task)
+    timers.advance(10.0)
+    deadline.move_to(50.0)
+    assert timers.set_at == [10.0]
+    with pytest.raises(TimeoutError):
+        await task
+
