@@ -23,8 +23,9 @@ from tokend.held import HeldToken
 from tokend.keeper import ServeError
 from tokend.logs import REDACTED, REDACTOR
 from tokend.metrics import Metrics
+from tokend.proxy.answers import Forwarded, decode_body, redact_body
 from tokend.proxy.canon import parse_request_target
-from tokend.proxy.forward import Forwarded, Forwarder, decode_body, redact_body
+from tokend.proxy.forward import Forwarder
 from tokend.secrets import SecretSource
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ0b2tlbmQtdGVzdCJ9.c2lnbmF0dXJl"

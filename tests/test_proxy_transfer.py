@@ -141,3 +141,43 @@ async def test_an_expired_deadline_is_not_moved(timers: ManualTimers) -> None:
     with pytest.raises(TimeoutError):
         await task
 
+
+
+async def test_a_first_check_before_the_deadline_looks_then_waits_for_the_deadline(
+        timers: ManualTimers) -> None:
+    deadline = MovingDeadline(timers, 300.0, first_check=15.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(hold(deadline, asyncio.Event()))
+    await run_until_blocked(task)
+    assert timers.set_at == [15.0]
+    timers.advance(15.0)  # nothing moved: the timer waits for the deadline itself
+    await run_until_blocked(task)
+    assert not task.done() and timers.set_at == [15.0, 300.0]
+    timers.advance(300.0)
+    with pytest.raises(TimeoutError):
+        await task
+
+
+async def test_moving_a_deadline_earlier_but_not_before_the_first_check_sets_no_timer(
+        timers: ManualTimers) -> None:
+    deadline = MovingDeadline(timers, 300.0, first_check=15.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(hold(deadline, asyncio.Event()))
+    await run_until_blocked(task)
+    timers.now = 1.0
+    deadline.move_to(16.0)  # the answer began at 1.0: it may stall until 16.0
+    assert timers.set_at == [15.0]
+    timers.advance(15.0)
+    await run_until_blocked(task)
+    assert not task.done() and timers.set_at == [15.0, 16.0]
+    timers.advance(16.0)
+    with pytest.raises(TimeoutError):
+        await task
+
+
+async def test_a_first_check_after_the_deadline_is_the_deadline(timers: ManualTimers) -> None:
+    deadline = MovingDeadline(timers, 10.0, first_check=15.0)  # type: ignore[arg-type]
+    task = asyncio.create_task(hold(deadline, asyncio.Event()))
+    await run_until_blocked(task)
+    assert timers.set_at == [10.0]
+    timers.advance(10.0)
+    with pytest.raises(TimeoutError):
+        await task

@@ -39,7 +39,7 @@ from tokend.proxy.tlsgen import CertReloader, TlsFiles, ensure_material
 from tokend.server import IDLE_TIMEOUT, _Handler
 
 if TYPE_CHECKING:
-    from tokend.proxy.app import ProxyGate
+    from tokend.proxy.gate import ProxyGate
 
 #: Seconds a TLS connection may take to close cleanly before it is cut.
 TLS_SHUTDOWN_TIMEOUT = 5.0
@@ -128,7 +128,7 @@ class TcpHandler(_Handler):
 
     def __init__(self, server: web.Server, gate: ProxyGate, caller: Caller) -> None:
         super().__init__(server, gate)
-        self.caller = caller  # read by tokend.proxy.app.caller_of
+        self.caller = caller  # read by tokend.proxy.gate.caller_of
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Free the connection's slot of its address, then let aiohttp clean up."""

@@ -24,11 +24,15 @@ class MovingDeadline:
     cancellation), but :meth:`move_to` a later instant costs no timer operation.
     """
 
-    __slots__ = ("_cancelling", "_expired", "_handle", "_loop", "_task", "_when")
+    __slots__ = ("_cancelling", "_expired", "_first_check", "_handle", "_loop", "_task", "_when")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, when: float,
+                 first_check: float | None = None) -> None:
+        """``first_check`` (loop time, at most ``when``): when the timer first wakes to look, so
+        that moving the deadline earlier, but not before it, sets no timer either."""
         self._loop = loop
         self._when = when
+        self._first_check = when if first_check is None else min(first_check, when)
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
@@ -40,7 +44,7 @@ class MovingDeadline:
             raise RuntimeError("MovingDeadline must be used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        self._handle = self._loop.call_at(self._when, self._fire)
+        self._handle = self._loop.call_at(self._first_check, self._fire)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -102,7 +106,11 @@ class Transfer:
 
     def start(self, first_wait: float) -> MovingDeadline:
         """The deadline of the exchange, ``first_wait`` seconds from now (not yet armed)."""
-        self.deadline = MovingDeadline(self._loop, self._loop.time() + first_wait)
+        now = self._loop.time()
+        # The first look comes after request_timeout at most: the first bytes moved then set
+        # the deadline no earlier than the timer, and no timer is set again.
+        self.deadline = MovingDeadline(self._loop, now + first_wait,
+                                       first_check=now + self.request_timeout)
         return self.deadline
 
     def moved(self) -> None:
