@@ -51,7 +51,7 @@ from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import ProxyMetrics
 from tokend.proxy.answers import Forwarded, error_answer, local_answer, read_error
 from tokend.proxy.canon import Refused, RequestTarget, upstream_url
-from tokend.proxy.headers import request_headers, response_headers
+from tokend.proxy.headers import request_headers, response_header_pairs
 from tokend.proxy.transfer import Transfer
 from tokend.upstream import parse_detail, tls_setting
 from tokend.values import format_duration, format_pin
@@ -313,7 +313,7 @@ class Forwarder:
                              transfer: Transfer) -> Forwarded:
         """The upstream's status, headers and body, unchanged; the body as it arrives."""
         answer = web.StreamResponse(status=resp.status, reason=resp.reason,
-                                    headers=response_headers(resp.headers.items()))
+                                    headers=response_header_pairs(resp.headers.items()))
         # Consumer-side failures are the consumer leaving: not the upstream's fault.
         try:
             await answer.prepare(request)

@@ -53,6 +53,9 @@ def connection_named(headers: Headers) -> frozenset[str]:
 
 
 def _listed(connection: str) -> list[str]:
+    if "," not in connection:  # one name, as "keep-alive" or "close" mostly are
+        name = connection.strip().lower()
+        return [name] if name else []
     return [token.strip().lower() for token in connection.split(",") if token.strip()]
 
 
@@ -108,5 +111,10 @@ def readable_codings(accept_encoding: str) -> str:
 
 def response_headers(incoming: Headers) -> CIMultiDict[str]:
     """The upstream's headers to pass back: hop-by-hop, ``Proxy-*`` and ``Set-Cookie`` dropped."""
-    return CIMultiDict((name, value) for name, _, value in _filtered(
-        incoming, _RESPONSE_SKIPPED, RESPONSE_DROPPED_PREFIXES))
+    return CIMultiDict(response_header_pairs(incoming))
+
+
+def response_header_pairs(incoming: Headers) -> list[tuple[str, str]]:
+    """:func:`response_headers` as (name, value) pairs, for a response that copies them anyway."""
+    return [(name, value) for name, _, value in _filtered(incoming, _RESPONSE_SKIPPED,
+                                                          RESPONSE_DROPPED_PREFIXES)]
