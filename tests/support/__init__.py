@@ -6,7 +6,8 @@ Tests and benchmarks import from here; ``tests/conftest.py`` holds only the fixt
 - ``config``: :func:`tokend_config` and :func:`write_config` (overrides merged by key), :func:`merge`
 - ``toml``: the small TOML writer they use
 - ``daemon``: :class:`Tokend`, the ``tokend run`` process (:func:`configured_tokend` writes its
-  config); :func:`run_cli` for one-shot commands
+  config); :func:`run_cli` for one-shot commands (:func:`cli` from async code, checked for the
+  password)
   and :func:`assert_one_line_error` for how they fail
 - ``client``: :class:`SocketClient` and its :class:`Answer`
 - ``upstream``: the fake SDDC Manager in this event loop (:func:`start_upstream`) or as a process
@@ -31,6 +32,7 @@ from tests.support.daemon import (
     Tokend,
     assert_one_line_error,
     clean_env,
+    cli,
     configured_tokend,
     run_cli,
     tokend_argv,
@@ -67,6 +69,7 @@ __all__ = [
     "assert_no_secrets",
     "assert_one_line_error",
     "clean_env",
+    "cli",
     "configured_tokend",
     "eventually",
     "free_port",

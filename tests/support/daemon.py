@@ -49,6 +49,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
                           env=env or clean_env(), check=False)
 
 
+async def cli(*args: str, env: dict[str, str] | None = None,
+              timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """:func:`run_cli` in a thread, so that an upstream in this event loop keeps answering; the
+    configs' :data:`PASSWORD` must not appear in what the command printed."""
+    done = await asyncio.to_thread(run_cli, *args, env=env, timeout=timeout)
+    assert PASSWORD not in done.stdout and PASSWORD not in done.stderr, "password printed"
+    return done
+
+
 def assert_one_line_error(stderr: str, *names: str) -> None:
     """An expected failure of a tokend command: one ``tokend: ...`` line on stderr naming every one
     of ``names``, and no traceback."""
