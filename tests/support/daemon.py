@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,10 @@ class Tokend:
         """The log events so far, only those called ``name`` if given."""
         return self.log.events(name)
 
+
+
+# The ``make_tokend`` fixture: the upstream's URL and CA in, a started :class:`Tokend` out.
+MakeTokend = Callable[..., Awaitable[Tokend]]
 
 
 def configured_tokend(workdir: Path, url: str, ca_pem: Path | None = None, *,
