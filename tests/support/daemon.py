@@ -54,7 +54,7 @@ async def cli(*args: str, env: dict[str, str] | None = None,
     """:func:`run_cli` in a thread, so that an upstream in this event loop keeps answering; the
     configs' :data:`PASSWORD` must not appear in what the command printed."""
     done = await asyncio.to_thread(run_cli, *args, env=env, timeout=timeout)
-    assert PASSWORD not in done.stdout and PASSWORD not in done.stderr, "password printed"
+    assert PASSWORD not in done.stdout + done.stderr, "password printed"
     return done
 
 
