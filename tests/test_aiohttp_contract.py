@@ -11,12 +11,11 @@ pyproject.toml.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import aiohttp
 import pytest
@@ -25,9 +24,8 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from tokend.config import ServerConfig
+from tests.support.hub import StubHub
 from tokend.listen import bind_unix
-from tokend.metrics import Metrics
 from tokend.server import GatedUnixSite, PeerGate, socket_app
 
 
@@ -99,31 +97,13 @@ def test_base_site_keeps_runner_backlog_and_server_in_its_slots() -> None:
 # -- what they deliver, through tokend's own site ----------------------------------------------------
 
 
-class Hub:
-    """Just enough of the daemon for the socket API: healthy, and every peer admitted."""
-
-    def __init__(self) -> None:
-        self.config: Any = SimpleNamespace(server=ServerConfig(), default_target="t1")
-        self.keepers: Any = {}
-        self.metrics = Metrics()
-
-    def healthy(self, now: float) -> bool:
-        return True
-
-    def ready(self, now: float, target: str | None) -> bool:
-        return True
-
-    def status(self) -> dict[str, Any]:
-        return {"targets": []}
-
-
 KEEPALIVE = 0.3
 
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[tuple[web.AppRunner, Path]]:
     path = tmp_path / "api.sock"
-    hub = Hub()
+    hub = StubHub()  # healthy, and every peer admitted
     runner = web.AppRunner(socket_app(hub), access_log=None, handle_signals=False,
                            keepalive_timeout=KEEPALIVE)
     await runner.setup()
@@ -134,21 +114,26 @@ async def site(tmp_path: Path) -> AsyncIterator[tuple[web.AppRunner, Path]]:
         await runner.cleanup()
 
 
-async def exchange(path: Path, data: bytes) -> bytes:
+@contextlib.asynccontextmanager
+async def connection(path: Path) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     reader, writer = await asyncio.open_unix_connection(str(path))
-    writer.write(data)
     try:
-        return await asyncio.wait_for(reader.read(), 5)
+        yield reader, writer
     finally:
         writer.close()
+
+
+async def exchange(path: Path, data: bytes) -> bytes:
+    async with connection(path) as (reader, writer):
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), 5)
 
 
 async def test_the_handler_tokend_builds_is_known_to_the_server_and_carries_its_arguments(
     site: tuple[web.AppRunner, Path],
 ) -> None:
     runner, path = site
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    try:
+    async with connection(path) as (reader, writer):
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: tokend\r\n\r\n")
         await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert runner.server is not None
@@ -160,8 +145,6 @@ async def test_the_handler_tokend_builds_is_known_to_the_server_and_carries_its_
         require(handlers[0].keepalive_timeout == KEEPALIVE,
                 "the handler built from server._kwargs did not get the runner's keepalive_timeout",
                 "IDLE_TIMEOUT reaches the handler that way")
-    finally:
-        writer.close()
 
 
 async def test_an_idle_connection_is_closed_after_the_keepalive_timeout_counted_from_accept(
@@ -194,7 +177,7 @@ async def test_a_malformed_request_reaches_handle_error_with_nothing_written_yet
 
 async def test_the_site_lists_its_socket_and_cleanup_closes_it(tmp_path: Path) -> None:
     path = tmp_path / "api.sock"
-    hub = Hub()
+    hub = StubHub()  # healthy, and every peer admitted
     runner = web.AppRunner(socket_app(hub), access_log=None, handle_signals=False)
     await runner.setup()
     await GatedUnixSite(runner, bind_unix(path, 0o600, None), PeerGate(hub)).start()
