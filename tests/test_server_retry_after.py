@@ -16,10 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tokend.config import ServerConfig
-from tokend.keeper import ServeError
 from tokend.listen import bind_unix
 from tokend.metrics import Metrics
 from tokend.server import GatedUnixSite, PeerGate, metrics_app, socket_app
+from tokend.serving import ServeError
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
