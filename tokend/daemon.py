@@ -11,8 +11,9 @@ flight get the same grace), stop the keepers (revoking if configured), remove th
 and release the lock.
 
 Reloads run one at a time in one task the daemon owns (:class:`tokend.reload.Reloads`, which
-swaps the keepers and the proxies); SIGHUP only asks for one. A reloaded config's daemon-wide
-settings (logging, the open files limit, what needs a restart) are applied here (:meth:`Daemon.adopt`).
+swaps the keepers and the proxies); SIGHUP only asks for one. The daemon-wide settings of a
+reloaded config stay here: logging and what needs a restart (:meth:`Daemon.adopt`), the open files
+limit (:meth:`Daemon.fit_open_files`).
 """
 
 from __future__ import annotations

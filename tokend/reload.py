@@ -8,7 +8,8 @@ it into ``keepers``, and one leaves ``keepers`` only once it has stopped. So shu
 ends the reload task and then stops a snapshot of ``keepers``, stops every keeper that ever ran.
 
 The daemon-wide settings (logging, the open files limit, what needs a restart) are the daemon's
-own (:meth:`tokend.daemon.Daemon.adopt`); this module swaps the keepers and the proxies.
+own (:meth:`tokend.daemon.Daemon.adopt`, :meth:`~tokend.daemon.Daemon.fit_open_files`); this
+module swaps the keepers and the proxies.
 """
 
 from __future__ import annotations
