@@ -49,12 +49,12 @@ from yarl import URL
 
 from tokend.config import ProxyConfig, TargetConfig
 from tokend.errbody import error_body, error_response
-from tokend.keeper import ServedToken, ServeError
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import ProxyMetrics
 from tokend.names import ProxyOutcome
 from tokend.proxy.canon import Refused, RequestTarget, upstream_url
 from tokend.proxy.headers import request_headers, response_headers
+from tokend.serving import ServedToken, ServeError
 from tokend.upstream import parse_detail, tls_setting
 from tokend.values import format_duration, format_pin
 
