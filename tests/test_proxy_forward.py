@@ -21,13 +21,13 @@ from aiohttp.test_utils import RawTestServer, TestClient, TestServer
 
 from tokend.config import ProxyConfig, TargetConfig
 from tokend.held import HeldToken
-from tokend.keeper import ServeError
 from tokend.logs import REDACTED, REDACTOR
 from tokend.metrics import Metrics
 from tokend.proxy.answers import Forwarded, decode_body, redact_body
 from tokend.proxy.canon import parse_request_target
 from tokend.proxy.forward import MAX_KEPT_BODY, Forwarder
 from tokend.secrets import SecretSource
+from tokend.serving import ServeError
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ0b2tlbmQtdGVzdCJ9.c2lnbmF0dXJl"
 NEW_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ0b2tlbmQtbmV3In0.c2lnbmF0dXJl"

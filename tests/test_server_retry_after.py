@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient
 
 from tests.support.hub import StubHub
 from tokend.config import ServerConfig
-from tokend.keeper import ServeError
 from tokend.listen import bind_unix
 from tokend.server import GatedUnixSite, PeerGate, metrics_app, socket_app
+from tokend.serving import ServeError
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]

@@ -22,11 +22,12 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from tokend.config import Config
 from tokend.errbody import error_body, error_response, raw_http_error
-from tokend.keeper import Keeper, ServeError
+from tokend.keeper import Keeper
 from tokend.logs import get_logger
 from tokend.metrics import Metrics
 from tokend.names import ERROR_OUTCOME, RequestOutcome
 from tokend.peers import Peer, admits, denial_message, peer_of
+from tokend.serving import ServeError
 from tokend.watch import Watches, parse_after, parse_wait
 
 MAX_BODY = 4096

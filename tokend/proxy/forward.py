@@ -46,13 +46,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from tokend.config import ProxyConfig, TargetConfig
-from tokend.keeper import ServedToken, ServeError
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import ProxyMetrics
 from tokend.proxy.answers import Forwarded, error_answer, local_answer, read_error
 from tokend.proxy.canon import Refused, RequestTarget, upstream_url
 from tokend.proxy.headers import request_headers, response_header_pairs
 from tokend.proxy.transfer import Transfer
+from tokend.serving import ServedToken, ServeError
 from tokend.upstream import parse_detail, tls_setting
 from tokend.values import format_duration, format_pin
 
