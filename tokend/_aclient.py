@@ -15,21 +15,21 @@ from typing import Any
 
 import aiohttp
 
-from tokend.client import (
+from tokend._clientbase import (
     DEFAULT_TIMEOUT,
     DEFAULT_WAIT,
     MAX_ANSWER,
     Answer,
+    ClientBase,
     TargetNotFound,
     Token,
     TokenUnavailable,
     Unreachable,
+    describe_os_error,
     error_from,
     invalidate_body,
     invalidate_path,
-    socket_path,
     target_url,
-    token_from,
     token_path,
 )
 
@@ -48,7 +48,7 @@ RETRY_MAX = 30.0
 GONE_TRIES = 6  # about 60 s of 404s before tokens() believes the target is gone
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """tokend's socket API for asyncio (SPEC §4, §10), on one kept-alive connection pool.
 
     Arguments as :class:`tokend.client.Client`. Use ``async with AsyncClient() as client:`` or call
@@ -57,10 +57,7 @@ class AsyncClient:
 
     def __init__(self, socket: str | os.PathLike[str] | None = None, target: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.socket = socket_path(socket)
-        self.target = target
-        self.timeout = timeout
-        self._learned_target: str | None = target
+        super().__init__(socket, target, timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AsyncClient:
@@ -167,11 +164,6 @@ class AsyncClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unreachable(f"cannot reach tokend at {self.socket}: {_describe(exc)}") from None
 
-    def _token(self, answer: Answer) -> Token:
-        token = token_from(answer)
-        self._learned_target = self._learned_target or token.target
-        return token
-
     async def _target_name(self) -> str:
         if self._learned_target is None:
             await self.token()
@@ -180,15 +172,5 @@ class AsyncClient:
 
 
 def _describe(exc: BaseException) -> str:
-    cause = exc
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        cause = exc.os_error
-    if isinstance(cause, FileNotFoundError):
-        return "no socket there (is tokend running? is TOKEND_SOCKET right?)"
-    if isinstance(cause, ConnectionRefusedError):
-        return "connection refused (tokend is not running)"
-    if isinstance(cause, PermissionError):
-        return "permission denied (ask for a group that may open the socket)"
-    if isinstance(cause, TimeoutError):
-        return "no answer in time"
-    return f"{type(exc).__name__}: {exc}"
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    return describe_os_error(exc, "TOKEND_SOCKET", cause)
