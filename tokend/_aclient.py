@@ -26,9 +26,6 @@ from tokend._clientbase import (
     TokenUnavailable,
     Unreachable,
     describe_os_error,
-    error_from,
-    invalidate_body,
-    invalidate_path,
     target_url,
     token_path,
 )
@@ -79,9 +76,8 @@ class AsyncClient(ClientBase):
 
     async def invalidate(self, fingerprint: str) -> Token:
         """As :meth:`tokend.client.Client.invalidate`."""
-        answer = await self._call(invalidate_path(await self._target_name()), "POST",
-                                  invalidate_body(fingerprint), self.timeout + INVALIDATE_GRACE)
-        return self._token(answer)
+        path, method, body = self._invalidation(await self._target_name(), fingerprint)
+        return self._token(await self._call(path, method, body, self.timeout + INVALIDATE_GRACE))
 
     async def watch(self, after: str, wait: float = DEFAULT_WAIT) -> Token:
         """As :meth:`tokend.client.Client.watch`: read timeout ``wait`` plus ``timeout``."""
@@ -90,11 +86,7 @@ class AsyncClient(ClientBase):
 
     async def status(self) -> dict[str, Any]:
         """As :meth:`tokend.client.Client.status`."""
-        answer = await self._call("/v1/status")
-        if answer.status != 200:
-            raise error_from(answer)
-        data: dict[str, Any] = answer.json()
-        return data
+        return self._status_of(await self._call("/v1/status"))
 
     async def url(self) -> str:
         """As :meth:`tokend.client.Client.url`."""

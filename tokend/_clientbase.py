@@ -238,6 +238,19 @@ class ClientBase:
         self._learned_target = self._learned_target or token.target
         return token
 
+    @staticmethod
+    def _status_of(answer: Answer) -> dict[str, Any]:
+        """The ``/v1/status`` document of ``answer``; raises its error unless it is a 200."""
+        if answer.status != 200:
+            raise error_from(answer)
+        data: dict[str, Any] = answer.json()
+        return data
+
+    @staticmethod
+    def _invalidation(target: str, fingerprint: str) -> tuple[str, str, bytes]:
+        """(path, method, body) of the request reporting ``fingerprint`` of ``target`` as refused."""
+        return invalidate_path(target), "POST", invalidate_body(fingerprint)
+
 
 def describe_os_error(exc: BaseException, socket_hint: str, cause: BaseException | None = None) -> str:
     """Why tokend could not be asked, for Unreachable: ``cause`` (the OS error under ``exc``; default

@@ -39,8 +39,6 @@ from tokend._clientbase import (
     Unreachable,
     describe_os_error,
     error_from,
-    invalidate_body,
-    invalidate_path,
     socket_path,
     target_url,
     token_path,
@@ -161,9 +159,8 @@ class Client(ClientBase):
         if it already holds a newer one. Raises TokenUnavailable when no new token came within
         tokend's ``request_timeout``, and the errors of :meth:`token`.
         """
-        answer = self._call(invalidate_path(self._target_name()), "POST",
-                            invalidate_body(fingerprint), self.timeout + 30.0)
-        return self._token(answer)
+        path, method, body = self._invalidation(self._target_name(), fingerprint)
+        return self._token(self._call(path, method, body, self.timeout + 30.0))
 
     def watch(self, after: str, wait: float = DEFAULT_WAIT) -> Token:
         """The token once its fingerprint is not ``after``, or the current one after ``wait``
@@ -176,11 +173,7 @@ class Client(ClientBase):
 
     def status(self) -> dict[str, Any]:
         """The ``GET /v1/status`` document (SPEC §4), each target's entry with its ``url``."""
-        answer = self._call("/v1/status")
-        if answer.status != 200:
-            raise error_from(answer)
-        data: dict[str, Any] = answer.json()
-        return data
+        return self._status_of(self._call("/v1/status"))
 
     def url(self) -> str:
         """The target's ``url`` as configured in tokend (from ``/v1/status``)."""
