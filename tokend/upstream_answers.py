@@ -69,7 +69,10 @@ def parse_date(value: str | None) -> float | None:
 
 
 def checked_access_token(value: object, operation: str, name: str) -> str:
-    """``value`` trimmed, if it is a compact JWS of at most MAX_ACCESS_TOKEN; else InvalidResponse."""
+    """``value`` trimmed, if it is a compact JWS of at most MAX_ACCESS_TOKEN bytes; else InvalidResponse.
+
+    ``operation`` and ``name`` (what the answer calls the token) start and fill the error message.
+    """
     if not isinstance(value, str):
         raise InvalidResponse(f"{operation}: the answer has no {name} string")
     token = value.strip()
@@ -85,7 +88,10 @@ def checked_access_token(value: object, operation: str, name: str) -> str:
 
 
 def refresh_token_id(value: object) -> str | None:
-    """The id of a TokenPair's ``refreshToken``: ``{"id": "<id>"}``, a bare id, or absent/null."""
+    """The id of a TokenPair's ``refreshToken``: ``{"id": "<id>"}``, a bare id, or absent/null (None).
+
+    Raises InvalidResponse for any other shape, or an id that is not valid Unicode text.
+    """
     if value is None:
         return None
     refresh_id = value.get("id") if isinstance(value, dict) else value

@@ -60,7 +60,11 @@ def tls_setting(target: TargetConfig,
 
 
 async def presented_fingerprint(url: str, timeout: float) -> str | None:
-    """Connect without verification just to read the leaf certificate the server presents."""
+    """The pin (``sha256:AB:CD:...``) of the leaf certificate the server at ``url`` presents, or None.
+
+    Connects without verification just to read it, within ``timeout`` seconds; None when the
+    connection, the handshake or the certificate cannot be had. Raises nothing else.
+    """
     parts = urlsplit(url)
     host = parts.hostname or ""
     context = ssl.create_default_context()
