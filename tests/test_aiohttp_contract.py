@@ -1,10 +1,10 @@
-"""What tokend/server.py takes from aiohttp beyond its documented API, one test for each.
+"""What tokend/gate.py takes from aiohttp beyond its documented API, one test for each.
 
 tokend checks a peer at accept (``_GateProtocol``), then hands the connection to a
-``RequestHandler`` it builds itself (``_Handler``, which also renders parse errors in the Error
-shape), on a site of its own (``GatedUnixSite``). That leans on private attributes and on
+``RequestHandler`` it builds itself (``ConnectionHandler``, which also renders parse errors in the
+Error shape), on a site of its own (``GatedUnixSite``). That leans on private attributes and on
 behaviour aiohttp does not document. When an aiohttp upgrade fails here, the message names what
-changed and the part of tokend/server.py that relies on it: adapt that part, then move the bound in
+changed and the part of tokend/gate.py that relies on it: adapt that part, then move the bound in
 pyproject.toml.
 """
 
@@ -25,14 +25,15 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from tests.support.hub import StubHub
+from tokend.gate import GatedUnixSite, PeerGate
 from tokend.listen import bind_unix
-from tokend.server import GatedUnixSite, PeerGate, socket_app
+from tokend.server import socket_app
 
 
 def require(holds: bool, changed: str, relied_on_by: str) -> None:
-    """Fail with one line: which aiohttp, what changed, and what in tokend/server.py needs it."""
+    """Fail with one line: which aiohttp, what changed, and what in tokend/gate.py needs it."""
     if not holds:
-        pytest.fail(f"aiohttp {aiohttp.__version__}: {changed}. tokend/server.py relies on it: "
+        pytest.fail(f"aiohttp {aiohttp.__version__}: {changed}. tokend/gate.py relies on it: "
                     f"{relied_on_by}", pytrace=False)
 
 
@@ -50,7 +51,7 @@ async def test_web_server_keeps_the_request_handler_arguments_in__kwargs() -> No
 
     require(isinstance(kwargs, dict) and kwargs.get("keepalive_timeout") == 7.5,
             "web.Server no longer keeps the RequestHandler arguments it was given in ._kwargs",
-            "_Handler.__init__ passes server._kwargs on (keepalive_timeout=IDLE_TIMEOUT among them)")
+            "ConnectionHandler.__init__ passes server._kwargs on (keepalive_timeout=IDLE_TIMEOUT among them)")
 
 
 async def test_web_server_builds_a_plain_request_handler_the_way_handler_does() -> None:
@@ -61,10 +62,10 @@ async def test_web_server_builds_a_plain_request_handler_the_way_handler_does() 
 
     require(type(built) is RequestHandler,
             f"web.Server() now builds {type(built).__qualname__}, not RequestHandler",
-            "_Handler subclasses RequestHandler and stands in for what web.Server() would build")
+            "ConnectionHandler subclasses RequestHandler and stands in for what web.Server() would build")
     require(by_hand.keepalive_timeout == built.keepalive_timeout == 7.5,
             "RequestHandler(server, loop=..., **kwargs) no longer takes the server's arguments",
-            "_Handler.__init__ calls it so")
+            "ConnectionHandler.__init__ calls it so")
 
 
 def test_request_handler_handle_error_keeps_its_parameters() -> None:
@@ -72,17 +73,17 @@ def test_request_handler_handle_error_keeps_its_parameters() -> None:
 
     require(parameters == ["self", "request", "status", "exc", "message"],
             f"RequestHandler.handle_error now takes {parameters}",
-            "_Handler.handle_error overrides it (request, status, exc, message) to answer parse"
+            "ConnectionHandler.handle_error overrides it (request, status, exc, message) to answer parse"
             " errors and handler failures in the Error shape")
 
 
 def test_a_request_exposes_its_writer_and_the_bytes_already_written() -> None:
     require(isinstance(inspect.getattr_static(BaseRequest, "writer", None), property),
             "BaseRequest.writer is gone",
-            "_Handler.handle_error reads request.writer.output_size")
+            "ConnectionHandler.handle_error reads request.writer.output_size")
     require(isinstance(inspect.getattr_static(AbstractStreamWriter, "output_size", None), int),
             "AbstractStreamWriter.output_size is gone",
-            "_Handler.handle_error closes the connection instead of answering once output began")
+            "ConnectionHandler.handle_error closes the connection instead of answering once output began")
 
 
 def test_base_site_keeps_runner_backlog_and_server_in_its_slots() -> None:
@@ -171,8 +172,8 @@ async def test_a_malformed_request_reaches_handle_error_with_nothing_written_yet
 
     status_line = answer.split(b"\r\n", 1)[0]
     require(status_line.endswith(b" 400 Bad Request") and b'"errorCode": "BAD_REQUEST"' in answer,
-            f"a malformed request got {answer[:60]!r} instead of _Handler.handle_error's answer",
-            "_Handler.handle_error renders aiohttp's parse errors in the Error shape")
+            f"a malformed request got {answer[:60]!r} instead of ConnectionHandler.handle_error's answer",
+            "ConnectionHandler.handle_error renders aiohttp's parse errors in the Error shape")
 
 
 async def test_the_site_lists_its_socket_and_cleanup_closes_it(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ from aiohttp.test_utils import TestClient
 
 from tests.support.hub import StubHub
 from tokend.config import ServerConfig
+from tokend.gate import GatedUnixSite, PeerGate
 from tokend.listen import bind_unix
-from tokend.server import GatedUnixSite, PeerGate, metrics_app, socket_app
+from tokend.server import metrics_app, socket_app
 from tokend.serving import ServeError
 
 Client = TestClient[web.Request, web.Application]

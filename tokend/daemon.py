@@ -32,6 +32,7 @@ from aiohttp import web
 from tokend import __version__
 from tokend.config import Config, LogOverride, TargetConfig
 from tokend.config.model import ProxyConfig
+from tokend.gate import ConnectionSlots, GatedUnixSite, PeerGate
 from tokend.harden import raise_open_files_limit
 from tokend.keeper import Keeper
 from tokend.ledger import Ledger
@@ -42,14 +43,7 @@ from tokend.preflight import activated_names, preflight
 from tokend.proxy.app import Proxy, descriptors_needed
 from tokend.proxy.tcp import TcpListener
 from tokend.reload import Reloads
-from tokend.server import (
-    IDLE_TIMEOUT,
-    ConnectionSlots,
-    GatedUnixSite,
-    PeerGate,
-    metrics_app,
-    socket_app,
-)
+from tokend.server import IDLE_TIMEOUT, metrics_app, socket_app
 from tokend.systemd import Notifier
 
 STATUS_INTERVAL = 5.0

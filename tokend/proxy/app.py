@@ -2,7 +2,7 @@
 
 The socket is taken like the API socket (:mod:`tokend.listen`: mode at creation, ``flock``, a stale
 file replaced; or systemd's, matched by ``FileDescriptorName=`` = the target's name) and guarded
-by the same gate (:mod:`tokend.server`): a peer outside this proxy's allow-lists gets one 403 at
+by the same gate (:mod:`tokend.gate`): a peer outside this proxy's allow-lists gets one 403 at
 accept, connections count against the daemon's shared limits, the request line and headers must
 arrive within the idle deadline. Request bodies are not capped here: forwarded bodies stream.
 
@@ -36,6 +36,7 @@ from aiohttp import web
 from tokend.config import ProxyConfig, TargetConfig
 from tokend.errbody import error_response
 from tokend.errors import ConfigError
+from tokend.gate import ConnectionSlots, GatedUnixSite
 from tokend.listen import SocketLock, bind_unix
 from tokend.logs import debug_enabled, get_logger
 from tokend.metrics import ProxyMetrics
@@ -63,7 +64,7 @@ from tokend.proxy.seams import (
     UnixPeers,
 )
 from tokend.proxy.tcp import TcpListener
-from tokend.server import IDLE_TIMEOUT, ConnectionSlots, GatedUnixSite, Hub
+from tokend.server import IDLE_TIMEOUT, Hub
 from tokend.trust import read_ca_file
 from tokend.values import group_id
 

@@ -2,7 +2,7 @@
 
 One :class:`Forwarder` per proxy (a new one when its target's connection or its pool settings
 change): its own aiohttp session and connection pool (``max_upstream_connections``, never the
-keeper's), the target's TLS settings exactly (:func:`tokend.upstream.tls_setting`), no redirect
+keeper's), the target's TLS settings exactly (:func:`tokend.upstream_tls.tls_setting`), no redirect
 followed, no cookie kept, no environment proxy, bodies never decoded.
 
 :meth:`Forwarder.forward` always ends in an answer to the consumer, and says how it ended:
@@ -53,7 +53,8 @@ from tokend.proxy.canon import Refused, RequestTarget, upstream_url
 from tokend.proxy.headers import request_headers, response_header_pairs
 from tokend.proxy.transfer import Transfer
 from tokend.serving import ServedToken, ServeError
-from tokend.upstream import parse_detail, tls_setting
+from tokend.upstream_answers import parse_detail
+from tokend.upstream_tls import tls_setting
 from tokend.values import format_duration, format_pin
 
 CHUNK = 64 * 1024  # the most either direction holds at once

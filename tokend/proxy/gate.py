@@ -1,6 +1,6 @@
 """The door of a proxy's listeners: who may connect, and who sent a request (SPEC §9.4).
 
-A proxy's Unix socket is gated like the API socket (:class:`tokend.server.PeerGate`) with the
+A proxy's Unix socket is gated like the API socket (:class:`tokend.gate.PeerGate`) with the
 proxy's own allow-lists and counters and the daemon's shared connection slots; its TCP listener
 (the facade's) counts connections per address instead.
 """
@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from tokend.gate import ConnectionSlots, PeerGate, peer_of_request
 from tokend.logs import get_logger
 from tokend.peers import Peer, admits, denial_message
 from tokend.proxy.seams import Caller
-from tokend.server import ConnectionSlots, Hub, PeerGate, peer_of_request
+from tokend.server import Hub
 
 if TYPE_CHECKING:
     from tokend.proxy.app import Proxy
