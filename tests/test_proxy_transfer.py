@@ -48,15 +48,22 @@ async def hold(deadline: MovingDeadline, release: asyncio.Event) -> str:
     return "finished"
 
 
+async def held(timers: ManualTimers, when: float, first_check: float | None = None,
+               release: asyncio.Event | None = None) -> tuple[MovingDeadline, asyncio.Task[str]]:
+    """A task inside ``async with MovingDeadline(...)``, blocked until ``release`` (never: None)."""
+    deadline = MovingDeadline(timers, when, first_check)  # type: ignore[arg-type]
+    task = asyncio.create_task(hold(deadline, release or asyncio.Event()))
+    await run_until_blocked(task)
+    return deadline, task
+
+
 @pytest.fixture
 def timers() -> ManualTimers:
     return ManualTimers()
 
 
 async def test_a_deadline_not_moved_cancels_at_its_instant_as_a_timeout(timers: ManualTimers) -> None:
-    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
-    task = asyncio.create_task(hold(deadline, asyncio.Event()))
-    await run_until_blocked(task)
+    deadline, task = await held(timers, 10.0)
     timers.advance(9.9)
     await run_until_blocked(task)
     assert not task.done() and not deadline.expired()
@@ -68,9 +75,7 @@ async def test_a_deadline_not_moved_cancels_at_its_instant_as_a_timeout(timers: 
 
 async def test_moving_a_deadline_later_sets_no_timer_until_the_old_one_fires(
         timers: ManualTimers) -> None:
-    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
-    task = asyncio.create_task(hold(deadline, asyncio.Event()))
-    await run_until_blocked(task)
+    deadline, task = await held(timers, 10.0)
     for when in (12.0, 14.0, 16.0):
         deadline.move_to(when)
     assert timers.set_at == [10.0]  # moved three times, no timer touched
@@ -87,9 +92,7 @@ async def test_moving_a_deadline_later_sets_no_timer_until_the_old_one_fires(
 
 
 async def test_moving_a_deadline_earlier_fires_at_the_earlier_instant(timers: ManualTimers) -> None:
-    deadline = MovingDeadline(timers, 300.0)  # type: ignore[arg-type]
-    task = asyncio.create_task(hold(deadline, asyncio.Event()))
-    await run_until_blocked(task)
+    deadline, task = await held(timers, 300.0)
     deadline.move_to(15.0)
     assert timers.set_at == [300.0, 15.0]
     timers.advance(15.0)
@@ -98,10 +101,8 @@ async def test_moving_a_deadline_earlier_fires_at_the_earlier_instant(timers: Ma
 
 
 async def test_a_block_that_ends_in_time_cancels_its_timer_and_returns(timers: ManualTimers) -> None:
-    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
     release = asyncio.Event()
-    task = asyncio.create_task(hold(deadline, release))
-    await run_until_blocked(task)
+    deadline, task = await held(timers, 10.0, release=release)
     release.set()
     assert await task == "finished"
     assert all(h.cancelled() for h in timers.handles)
@@ -110,9 +111,7 @@ async def test_a_block_that_ends_in_time_cancels_its_timer_and_returns(timers: M
 
 
 async def test_a_cancellation_from_elsewhere_stays_a_cancellation(timers: ManualTimers) -> None:
-    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
-    task = asyncio.create_task(hold(deadline, asyncio.Event()))
-    await run_until_blocked(task)
+    deadline, task = await held(timers, 10.0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -121,9 +120,7 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation(timers: Manual
 
 async def test_a_cancellation_from_elsewhere_after_expiry_stays_a_cancellation(
         timers: ManualTimers) -> None:
-    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
-    task = asyncio.create_task(hold(deadline, asyncio.Event()))
-    await run_until_blocked(task)
+    deadline, task = await held(timers, 10.0)
     timers.advance(10.0)  # the deadline cancels the task ...
     task.cancel()  # ... and so does someone else before it runs
     with pytest.raises(asyncio.CancelledError):
@@ -132,9 +129,7 @@ async def test_a_cancellation_from_elsewhere_after_expiry_stays_a_cancellation(
 
 
 async def test_an_expired_deadline_is_not_moved(timers: ManualTimers) -> None:
-    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
-    task = asyncio.create_task(hold(deadline, asyncio.Event()))
-    await run_until_blocked(task)
+    deadline, task = await held(timers, 10.0)
     timers.advance(10.0)
     deadline.move_to(50.0)
     assert timers.set_at == [10.0]
@@ -145,9 +140,7 @@ async def test_an_expired_deadline_is_not_moved(timers: ManualTimers) -> None:
 
 async def test_a_first_check_before_the_deadline_looks_then_waits_for_the_deadline(
         timers: ManualTimers) -> None:
-    deadline = MovingDeadline(timers, 300.0, first_check=15.0)  # type: ignore[arg-type]
-    task = asyncio.create_task(hold(deadline, asyncio.Event()))
-    await run_until_blocked(task)
+    _deadline, task = await held(timers, 300.0, first_check=15.0)
     assert timers.set_at == [15.0]
     timers.advance(15.0)  # nothing moved: the timer waits for the deadline itself
     await run_until_blocked(task)
@@ -159,9 +152,7 @@ async def test_a_first_check_before_the_deadline_looks_then_waits_for_the_deadli
 
 async def test_moving_a_deadline_earlier_but_not_before_the_first_check_sets_no_timer(
         timers: ManualTimers) -> None:
-    deadline = MovingDeadline(timers, 300.0, first_check=15.0)  # type: ignore[arg-type]
-    task = asyncio.create_task(hold(deadline, asyncio.Event()))
-    await run_until_blocked(task)
+    deadline, task = await held(timers, 300.0, first_check=15.0)
     timers.now = 1.0
     deadline.move_to(16.0)  # the answer began at 1.0: it may stall until 16.0
     assert timers.set_at == [15.0]
@@ -174,9 +165,7 @@ async def test_moving_a_deadline_earlier_but_not_before_the_first_check_sets_no_
 
 
 async def test_a_first_check_after_the_deadline_is_the_deadline(timers: ManualTimers) -> None:
-    deadline = MovingDeadline(timers, 10.0, first_check=15.0)  # type: ignore[arg-type]
-    task = asyncio.create_task(hold(deadline, asyncio.Event()))
-    await run_until_blocked(task)
+    _deadline, task = await held(timers, 10.0, first_check=15.0)
     assert timers.set_at == [10.0]
     timers.advance(10.0)
     with pytest.raises(TimeoutError):
