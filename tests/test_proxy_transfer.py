@@ -170,3 +170,30 @@ async def test_a_first_check_after_the_deadline_is_the_deadline(timers: ManualTi
     timers.advance(10.0)
     with pytest.raises(TimeoutError):
         await task
+
+
+async def _cancellations_left_after_a_wrapped_cancellation(timers: ManualTimers) -> int:
+    """A block whose code turns the deadline's cancellation into another exception: the task's
+    count of cancellation requests afterwards."""
+    deadline = MovingDeadline(timers, 10.0)  # type: ignore[arg-type]
+    try:
+        async with deadline:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise ValueError("wrapped") from None
+    except ValueError:
+        pass
+    task = asyncio.current_task()
+    assert task is not None and deadline.expired()
+    return task.cancelling()
+
+
+async def test_an_expired_deadline_withdraws_its_cancellation_whatever_the_block_raised(
+        timers: ManualTimers) -> None:
+    """Like asyncio.timeout: otherwise the task stays counted as cancelled, and aiohttp (which reads
+    that count) would take a later writer's cancellation for the task's own."""
+    task = asyncio.create_task(_cancellations_left_after_a_wrapped_cancellation(timers))
+    await run_until_blocked(task)
+    timers.advance(10.0)
+    assert await task == 0

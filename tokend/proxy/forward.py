@@ -70,7 +70,8 @@ _NO_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict((name, None) for name in _SKIP
 class _AsSent(aiohttp.ClientRequest):
     """A request that gets none of aiohttp's own headers, like ``skip_auto_headers`` of all four,
     without building that set anew for every request (measured: the most costly step of aiohttp's
-    request set-up in ``bench/proxy.py``). ``tests/test_aiohttp_contract.py`` pins the attribute."""
+    request set-up in ``bench/proxy.py``). ``tests/test_proxy_forward.py`` pins the attribute,
+    which aiohttp has from 3.11.8."""
 
     def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
         self._skip_auto_headers = _NO_AUTO_HEADERS  # read back for Content-Type

@@ -8,6 +8,7 @@ proxy's own allow-lists and counters and the daemon's shared connection slots; i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -79,5 +80,6 @@ def caller_of(request: web.BaseRequest) -> Caller:
     if isinstance(caller, Caller):
         return caller
     caller = Caller("unix", peer=peer_of_request(request))
-    protocol.caller = caller  # type: ignore[attr-defined]  # once per connection
+    with contextlib.suppress(AttributeError):  # aiohttp's own handler has __slots__
+        protocol.caller = caller  # type: ignore[attr-defined]  # once per connection
     return caller

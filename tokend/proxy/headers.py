@@ -64,12 +64,12 @@ def _filtered(incoming: Headers, skipped: frozenset[str],
     """(name, lower-case name, value) of ``incoming`` but ``skipped``, ``prefixes`` and the headers
     a ``Connection`` header names; one pass, and a second only over what is left."""
     kept: list[tuple[str, str, str]] = []
-    named: list[str] = []
+    named: set[str] = set()  # a set: a Connection header may list thousands of names
     for name, value in incoming:
         lower = name.lower()
         if lower in skipped or lower.startswith(prefixes):
             if lower == "connection":
-                named += _listed(value)
+                named.update(_listed(value))
             continue
         kept.append((name, lower, value))
     if named:

@@ -52,8 +52,11 @@ class MovingDeadline:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if (self._expired and exc_type is asyncio.CancelledError and self._task is not None
-                and self._task.uncancel() <= self._cancelling):
+        # Once expired, the deadline withdraws its cancellation whatever the block raised (as
+        # asyncio.timeout does): aiohttp reads the task's count of cancellation requests.
+        if (self._expired and self._task is not None
+                and self._task.uncancel() <= self._cancelling
+                and exc_type is asyncio.CancelledError):
             raise TimeoutError from exc
 
     def expired(self) -> bool:
