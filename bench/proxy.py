@@ -14,10 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
 GIB = 1024 ** 3
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from bench.engines.common import check_load_options  # main put the repository on the path
+
     p = argparse.ArgumentParser(description="Benchmark GET /v1/domains through tokend's proxy, through"
                                 " a bare aiohttp reverse proxy and straight to the fake, then 1 GiB"
                                 " each way through them.")
@@ -37,25 +40,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="do not pin the proxies to the last CPU and the rest to the others")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = p.parse_args(argv)
-    try:
-        args.conn_list = [int(c) for c in args.connections.split(",") if c.strip()]
-    except ValueError:
-        p.error("--connections: expected numbers like 1,10,100")
-    if any(c < 1 for c in args.conn_list):
-        p.error("--connections: expected numbers like 1,10,100")
-    if args.duration <= 0:
-        p.error("--duration must be > 0")
-    if args.rounds < 1:
-        p.error("--rounds must be >= 1")
+    check_load_options(p, args, no_connections_ok=True)
     if args.stream_bytes < 0:
         p.error("--stream-bytes must be >= 0")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
     if str(REPO) not in sys.path:  # run as a file: the engine and the test toolkit are beside it
         sys.path.insert(0, str(REPO))
+    args = parse_args(argv)
     from bench.engines.proxy.run import run_benchmark
 
     return run_benchmark(args)

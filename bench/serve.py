@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from bench.engines.common import check_load_options  # main put the repository on the path
+
     p = argparse.ArgumentParser(description="Benchmark tokend's GET /v1/token against a bare aiohttp"
                                 " app and nginx, over Unix sockets, with autocannon.")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load run (default 10)")
@@ -47,28 +49,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="only start-to-ready, RSS when ready and `tokend token` wall time: no load"
                         " runs, no idle sample, no nginx or autocannon needed")
     args = p.parse_args(argv)
-    try:
-        args.conn_list = [int(c) for c in args.connections.split(",") if c.strip()]
-    except ValueError:
-        p.error("--connections: expected numbers like 1,10,100")
-    if not args.conn_list or min(args.conn_list) < 1:
-        p.error("--connections: expected numbers like 1,10,100")
-    if args.duration <= 0:
-        p.error("--duration must be > 0")
+    check_load_options(p, args)
     if args.nginx_workers != "auto" and not args.nginx_workers.isdigit():
         p.error("--nginx-workers: a number or auto")
     if args.per_uid != "auto" and not args.per_uid.isdigit():
         p.error("--per-uid: a number or auto")
-    if args.rounds < 1:
-        p.error("--rounds must be >= 1")
     return args
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
     if str(REPO) not in sys.path:  # run as a file: the engine and the test toolkit are beside it
         sys.path.insert(0, str(REPO))
+    args = parse_args(argv)
     from bench.engines.serve.run import run_benchmark, run_startup_only
 
     return run_startup_only(args) if args.startup_only else run_benchmark(args)

@@ -46,6 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.engines.serve.procfs import proc_status_kb
 from tokend._aclient import REWATCH_JITTER
 from tokend.testing.fake_sddc import FakeSddc, start_fake
 
@@ -82,10 +83,7 @@ class FakeThread:
 
 
 def proc_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return proc_status_kb(pid, "VmRSS", missing=0)
 
 
 def proc_cpu_s(pid: int) -> float:

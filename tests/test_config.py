@@ -14,6 +14,7 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support import write_secret
 from tokend.config import (
     API_KEY_KEYS,
     FILE_SINK_KEYS,
@@ -47,10 +48,7 @@ def _fresh_env_cache() -> Iterator[None]:
 
 @pytest.fixture
 def pw_file(tmp_path: Path) -> Path:
-    path = tmp_path / "sfo.password"
-    path.write_text("VMware1!\n")
-    path.chmod(0o600)
-    return path
+    return write_secret(tmp_path / "sfo.password", "VMware1!")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support import write_secret
 from tokend.config import PROXY_KEYS, Config, describe, load_config, parse_config
 from tokend.errors import ConfigError
 
@@ -19,10 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def pw_file(tmp_path: Path) -> Path:
-    path = tmp_path / "pw"
-    path.write_text("VMware1!\n")
-    path.chmod(0o600)
-    return path
+    return write_secret(tmp_path / "pw", "VMware1!")
 
 
 def config_text(pw_file: Path, proxies: str = "", server: str = "") -> str:

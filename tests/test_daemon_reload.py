@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from tests.support import eventually, write_config
 from tokend import daemon as daemon_module
+from tokend import reload as reload_module
 from tokend.config import TargetConfig, load_config
 from tokend.daemon import Daemon
 from tokend.metrics import TargetMetrics
@@ -239,7 +240,7 @@ async def test_sigterm_waits_for_a_reload_at_most_its_request_timeout(
         daemon.stop()
         assert await asyncio.wait_for(task, 15) == 0
         took = time.monotonic() - stopping
-    assert 1.0 <= took <= 1.0 + daemon_module.RELOAD_GRACE + 1.0, took
+    assert 1.0 <= took <= 1.0 + reload_module.RELOAD_GRACE + 1.0, took
     # The reload was cut before its swap: the replacement never started, and nothing runs.
     assert [k for what, k in journal.entries if what == "start"] == [original]
     assert not journal.running() and not journal.violations

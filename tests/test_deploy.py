@@ -267,14 +267,20 @@ def pod_config(manifests: dict[str, dict[str, Any]],
     return load_config(path)  # tokend's own parser: a config it would refuse fails here
 
 
-@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
-def test_manifests_validate(version: str) -> None:
+def validated(path: Path, version: str) -> list[dict[str, Any]]:
+    """The documents of ``path``, each passed by ``kubernetes-validate --strict`` for ``version``."""
     tool = find_tool("kubernetes-validate")
-    documents = [d for d in yaml.safe_load_all(SIDECAR.read_text()) if d]
-    result = run(tool, "--strict", "-k", version, str(SIDECAR))
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    result = run(tool, "--strict", "-k", version, str(path))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "ERROR" not in output and output.count(" passed ") == len(documents) == 2, output
+    assert "ERROR" not in output and output.count(" passed ") == len(documents), output
+    return documents
+
+
+@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
+def test_manifests_validate(version: str) -> None:
+    assert len(validated(SIDECAR, version)) == 2
 
 
 def test_tokend_is_a_native_sidecar(pod: dict[str, Any]) -> None:
@@ -313,17 +319,21 @@ def probe_command(probe: dict[str, Any]) -> list[str]:
     return command
 
 
-def test_probes(pod: dict[str, Any], pod_config: Config) -> None:
-    tokend = container(pod, "tokend")
-    socket_arg = ["--socket", str(pod_config.server.socket)]
-    # Liveness and startup failures restart the container; a wrong password or an upstream
-    # outage makes tokend not ready, and a restart would not help.
+def check_probes(tokend: dict[str, Any], socket: Path) -> None:
+    """Liveness and startup run ``tokend health``, readiness ``tokend health --ready``, on ``socket``."""
+    socket_arg = ["--socket", str(socket)]
     for kind in ("livenessProbe", "startupProbe"):
         command = probe_command(tokend[kind])
         assert command[:2] == ["tokend", "health"] and "--ready" not in command, kind
         assert command[-2:] == socket_arg, kind
     readiness = probe_command(tokend["readinessProbe"])
     assert readiness[:3] == ["tokend", "health", "--ready"] and readiness[-2:] == socket_arg
+
+
+def test_probes(pod: dict[str, Any], pod_config: Config) -> None:
+    # Liveness and startup failures restart the container; a wrong password or an upstream
+    # outage makes tokend not ready, and a restart would not help.
+    check_probes(container(pod, "tokend"), pod_config.server.socket)
 
 
 def test_security_contexts(pod: dict[str, Any]) -> None:
@@ -460,13 +470,6 @@ def facade_config(facade: dict[tuple[str, str], dict[str, Any]],
     return load_config(path)
 
 
-def facade_container(pod: dict[str, Any], name: str) -> dict[str, Any]:
-    for item in pod.get("initContainers", []) + pod["containers"]:
-        if item["name"] == name:
-            return dict(item)
-    raise AssertionError(f"no container named {name}")
-
-
 def mount_of(item: dict[str, Any], path: Path) -> dict[str, Any]:
     """The volume mount of ``item`` that holds ``path``."""
     for mount in item.get("volumeMounts", []):
@@ -477,13 +480,7 @@ def mount_of(item: dict[str, Any], path: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
 def test_facade_manifests_validate(version: str) -> None:
-    tool = find_tool("kubernetes-validate")
-    documents = [d for d in yaml.safe_load_all(FACADE.read_text()) if d]
-    result = run(tool, "--strict", "-k", version, str(FACADE))
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "ERROR" not in output and output.count(" passed ") == len(documents), output
-    kinds = {d["kind"] for d in documents}
+    kinds = {d["kind"] for d in validated(FACADE, version)}
     assert {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
 
 
@@ -514,7 +511,7 @@ def test_facade_listener_is_what_the_service_and_the_policy_open(
     assert proxy.listen is not None and proxy.socket is None
     host, port = proxy.listen
     assert host == "0.0.0.0"
-    tokend = facade_container(facade_pod, "tokend")
+    tokend = container(facade_pod, "tokend")
     ports = {p["name"]: p["containerPort"] for p in tokend["ports"]}
     assert ports["https"] == port
     (service,) = of_kind(facade, "Service")
@@ -546,14 +543,8 @@ def test_facade_disruption_budget_keeps_one_replica(
 
 
 def test_facade_probes(facade_pod: dict[str, Any], facade_config: Config) -> None:
-    tokend = facade_container(facade_pod, "tokend")
-    socket_arg = ["--socket", str(facade_config.server.socket)]
-    for kind in ("livenessProbe", "startupProbe"):
-        command = probe_command(tokend[kind])
-        assert command[:2] == ["tokend", "health"] and "--ready" not in command, kind
-        assert command[-2:] == socket_arg, kind
-    readiness = probe_command(tokend["readinessProbe"])
-    assert readiness[:3] == ["tokend", "health", "--ready"] and readiness[-2:] == socket_arg
+    tokend = container(facade_pod, "tokend")
+    check_probes(tokend, facade_config.server.socket)
     # The probes connect as the container's uid: the allow-list admits it.
     uid = tokend["securityContext"]["runAsUser"]
     assert uid in facade_config.server.allowed_uids
@@ -565,12 +556,12 @@ def test_facade_shares_the_session_key_from_a_secret_at_mode_0600(
     (proxy,) = facade_config.proxies
     assert proxy.session_key_file is not None and proxy.users_file is not None
     volumes = {v["name"]: v for v in facade_pod["volumes"]}
-    tokend = facade_container(facade_pod, "tokend")
+    tokend = container(facade_pod, "tokend")
     # tokend reads the key from a memory volume the init container filled from the Secret
     # (a Secret volume with fsGroup is group-readable, which tokend refuses for a session key).
     key_volume = volumes[mount_of(tokend, proxy.session_key_file)["name"]]
     assert key_volume["emptyDir"]["medium"] == "Memory"
-    copier = facade_container(facade_pod, "session-key")
+    copier = container(facade_pod, "session-key")
     command = copier["command"]
     assert command[:3] == ["install", "-m", "0600"] and command[-1] == str(proxy.session_key_file)
     assert mount_of(copier, proxy.session_key_file)["name"] == mount_of(
@@ -607,7 +598,7 @@ def test_facade_security_contexts(facade_pod: dict[str, Any]) -> None:
 
 def test_facade_state_dir_and_metrics(facade: dict[tuple[str, str], dict[str, Any]],
                                       facade_pod: dict[str, Any], facade_config: Config) -> None:
-    tokend = facade_container(facade_pod, "tokend")
+    tokend = container(facade_pod, "tokend")
     volumes = {v["name"]: v for v in facade_pod["volumes"]}
     state = [m for m in tokend["volumeMounts"]
              if Path(m["mountPath"]) == facade_config.server.state_dir]

@@ -155,13 +155,14 @@ def claims(token: str) -> dict[str, Any]:
     return decoded
 
 
-@pytest.fixture
-def fake() -> FakeSddc:
+# Named apart from their fixture names, so that test_fake_sddc_shapes can import them.
+@pytest.fixture(name="fake")
+def fake_fixture() -> FakeSddc:
     return FakeSddc()
 
 
-@pytest.fixture
-async def client(fake: FakeSddc, aiohttp_client: ClientFactory) -> Client:
+@pytest.fixture(name="client")
+async def client_fixture(fake: FakeSddc, aiohttp_client: ClientFactory) -> Client:
     return await aiohttp_client(fake.app())
 
 

@@ -11,22 +11,19 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.test_fake_sddc import CREDENTIALS, ClientFactory, claims, login, refresh
+from tests.test_fake_sddc import (  # noqa: F401 (client_fixture, fake_fixture: the fixtures used)
+    CREDENTIALS,
+    claims,
+    client_fixture,
+    fake_fixture,
+    login,
+    refresh,
+)
 from tokend.testing.claims import YEAR_10000
 from tokend.testing.fake_sddc import FakeSddc
 from tokend.testing.faults import MalformedKind
 
 Client = TestClient[web.Request, web.Application]
-
-
-@pytest.fixture
-def fake() -> FakeSddc:
-    return FakeSddc()
-
-
-@pytest.fixture
-async def client(fake: FakeSddc, aiohttp_client: ClientFactory) -> Client:
-    return await aiohttp_client(fake.app())
 
 
 def raw_claims(token: str) -> dict[str, Any]:

@@ -8,12 +8,11 @@ of tables, several targets at once, and the way in through ``load_config`` (TOML
 from __future__ import annotations
 
 import json
-import math
 import re
 import tempfile
 import tomllib
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.support import toml
 from tokend.config import (
     FILE_SINK_KEYS,
     LOG_KEYS,
@@ -158,39 +158,9 @@ def test_arbitrary_values_in_any_table_only_raise_config_errors_with_a_key_path(
 # -- the same through a file on disk -------------------------------------------------------------
 
 
-def toml_string(text: str) -> str:
-    # JSON's string escapes are TOML's (\uXXXX for control characters), except that TOML wants
-    # DEL escaped as well.
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    assert isinstance(value, dict)
-    return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-
-
-def toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_string(key)
-
-
 def toml_document(data: dict[str, Any]) -> str:
-    return "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in data.items())
+    """Every key on a line of its own, tables inline."""
+    return "".join(f"{toml.key(k)} = {toml.value(v)}\n" for k, v in data.items())
 
 
 @pytest.fixture(scope="module")

@@ -808,6 +808,18 @@ async def serve(handler: Any) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
+async def assert_login_rejected(handler: Any, timeout: float) -> None:
+    """A login against ``handler`` raises CredentialsRejected."""
+    runner, url = await serve(handler)
+    client = UpstreamClient(target(url, "Pw#x", timeout))
+    try:
+        with pytest.raises(CredentialsRejected):
+            await client.login("u", Secret("Pw#x"))
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
 async def test_a_rejected_login_with_a_body_over_the_limit_is_still_a_rejection() -> None:
     body = json.dumps({"errorCode": "INVALID_CREDENTIALS", "message": "x" * (MAX_BODY + 100)})
 
@@ -815,14 +827,7 @@ async def test_a_rejected_login_with_a_body_over_the_limit_is_still_a_rejection(
         await request.read()
         return web.Response(status=401, text=body, content_type="application/json")
 
-    runner, url = await serve(huge)
-    client = UpstreamClient(target(url, "Pw#x"))
-    try:
-        with pytest.raises(CredentialsRejected):
-            await client.login("u", Secret("Pw#x"))
-    finally:
-        await client.close()
-        await runner.cleanup()
+    await assert_login_rejected(huge, TIMEOUT)
 
 
 async def test_a_rejected_login_whose_body_never_ends_is_still_a_rejection() -> None:
@@ -834,14 +839,7 @@ async def test_a_rejected_login_whose_body_never_ends_is_still_a_rejection() -> 
         await asyncio.sleep(5)
         return response
 
-    runner, url = await serve(slow_body)
-    client = UpstreamClient(target(url, "Pw#x", 0.6))
-    try:
-        with pytest.raises(CredentialsRejected):
-            await client.login("u", Secret("Pw#x"))
-    finally:
-        await client.close()
-        await runner.cleanup()
+    await assert_login_rejected(slow_body, 0.6)
 
 
 # -- every status on its own: what a fuzzer may or may not draw in a given run --------------------

@@ -28,10 +28,11 @@ from tokend.errors import (
     UpstreamError,
 )
 from tokend.jwtinfo import decode_claims
-from tokend.keeper import Keeper, ServeError
+from tokend.keeper import Keeper
 from tokend.ledger import Ledger
 from tokend.metrics import Metrics
 from tokend.secrets import Secret, SecretSource
+from tokend.serving import ServeError
 from tokend.upstream import Issued
 
 WALL_OFFSET = 1_795_000_000.0

@@ -13,6 +13,8 @@ from tokend.proxy.canon import (
     METHODS,
     Refused,
     RequestTarget,
+    _decode_unreserved,
+    _resolve_segments,
     canonical_path,
     check_method,
     is_token_path,
@@ -212,3 +214,20 @@ def _char_starts(text: str) -> list[int]:
         starts.append(i)
         i += 3 if text[i] == "%" else 1
     return starts
+
+
+@settings(max_examples=3000)
+@given(paths)
+@example("/a/")
+@example("/.well-known/x")
+@example("/a%2E/b")
+def test_the_fast_path_gives_what_decoding_and_resolving_every_path_gives(path: str) -> None:
+    """A plain path skips decoding, a path without empty or dot segments skips resolving: the
+    result is the one the full work gives."""
+    try:
+        full = _resolve_segments(_decode_unreserved(path))
+    except Refused:
+        with pytest.raises(Refused):
+            canonical_path(path)
+        return
+    assert canonical_path(path) == full

@@ -22,6 +22,8 @@ from tokend.secrets import (
 )
 
 KEY = "targets[0].password_file"
+# The environment variable the env tests set (values are remembered by name, not by source).
+ENV_SOURCE = SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env")
 
 
 @pytest.fixture(autouse=True)
@@ -194,22 +196,20 @@ def test_env_secret_is_removed_from_the_environment_and_still_readable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TOKEND_TEST_PW", "VMware1!")
-    src = SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env")
-    assert read_secret(src).reveal() == "VMware1!"
+    assert read_secret(ENV_SOURCE).reveal() == "VMware1!"
     assert "TOKEND_TEST_PW" not in os.environ
     # The re-read before every login still gets it.
-    assert read_secret(src).reveal() == "VMware1!"
+    assert read_secret(ENV_SOURCE).reveal() == "VMware1!"
 
 
 def test_env_secret_set_again_replaces_the_remembered_value(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    src = SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env")
     monkeypatch.setenv("TOKEND_TEST_PW", "one")
-    assert read_secret(src).reveal() == "one"
+    assert read_secret(ENV_SOURCE).reveal() == "one"
     monkeypatch.setenv("TOKEND_TEST_PW", "two")
-    assert read_secret(src).reveal() == "two"
-    assert read_secret(src).reveal() == "two"
+    assert read_secret(ENV_SOURCE).reveal() == "two"
+    assert read_secret(ENV_SOURCE).reveal() == "two"
 
 
 def test_missing_env_secret_names_key_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,13 +220,13 @@ def test_missing_env_secret_names_key_and_variable(monkeypatch: pytest.MonkeyPat
 
 def test_empty_env_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKEND_TEST_PW", "")
-    err = read_error(SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env"))
+    err = read_error(ENV_SOURCE)
     assert "is empty" in str(err)
 
 
 def test_env_secret_with_a_line_break_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKEND_TEST_PW", "VMware1!\n")
-    err = read_error(SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env"))
+    err = read_error(ENV_SOURCE)
     assert "line break" in str(err)
     assert "VMware1!" not in str(err)
 
@@ -238,7 +238,7 @@ def test_env_secret_that_is_not_utf8_under_the_c_locale_names_the_key(
     # "\udce4", a str that cannot be sent. The bytes are what the OS handed over.
     monkeypatch.setitem(os.environb, b"TOKEND_TEST_PW", b"\xe4")
     assert os.environ["TOKEND_TEST_PW"] == "\udce4"
-    err = read_error(SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env"))
+    err = read_error(ENV_SOURCE)
     assert str(err).startswith(
         "targets[0].password_env: environment variable $TOKEND_TEST_PW is not valid UTF-8 (")
     assert "\udce4" not in str(err) and "\xe4" not in str(err)
@@ -250,18 +250,16 @@ def test_env_secret_that_is_not_utf8_under_the_c_locale_names_the_key(
 def test_env_secret_replaced_by_bytes_that_are_not_utf8_forgets_the_old_value(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    src = SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env")
     monkeypatch.setenv("TOKEND_TEST_PW", "old")
-    assert read_secret(src).reveal() == "old"
+    assert read_secret(ENV_SOURCE).reveal() == "old"
     monkeypatch.setitem(os.environb, b"TOKEND_TEST_PW", b"new\xff")
-    assert "not valid UTF-8" in str(read_error(src))
-    assert "is not set" in str(read_error(src))  # never the old value in its place
+    assert "not valid UTF-8" in str(read_error(ENV_SOURCE))
+    assert "is not set" in str(read_error(ENV_SOURCE))  # never the old value in its place
 
 
 def test_env_secret_in_utf8_is_read_whatever_the_locale(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(os.environb, b"TOKEND_TEST_PW", "pässwört".encode())
-    src = SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env")
-    assert read_secret(src).reveal() == "pässwört"
+    assert read_secret(ENV_SOURCE).reveal() == "pässwört"
     assert b"TOKEND_TEST_PW" not in os.environb
 
 
@@ -368,7 +366,7 @@ def test_any_bytes_from_a_source_only_raise_config_errors(
         else:
             raw = raw.replace(b"\0", b"")  # the OS cannot hold a NUL in an environment value
             monkeypatch.setitem(os.environb, b"TOKEND_TEST_PW", raw)
-            src = SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env")
+            src = ENV_SOURCE
         check_read(src, raw)
         assert b"TOKEND_TEST_PW" not in os.environb
 
@@ -404,7 +402,7 @@ def test_stamp_of_a_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_stamp_of_env_and_literal_sources_is_constant(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = SecretSource("env", "TOKEND_TEST_PW", "targets[0].password_env")
+    env = ENV_SOURCE
     monkeypatch.setenv("TOKEND_TEST_PW", "one")
     before = secret_stamp(env)
     read_secret(env)

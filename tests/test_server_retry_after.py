@@ -8,18 +8,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from tests.support.hub import StubHub
 from tokend.config import ServerConfig
-from tokend.keeper import ServeError
+from tokend.gate import GatedUnixSite, PeerGate
 from tokend.listen import bind_unix
-from tokend.metrics import Metrics
-from tokend.server import GatedUnixSite, PeerGate, metrics_app, socket_app
+from tokend.server import metrics_app, socket_app
+from tokend.serving import ServeError
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -39,22 +39,10 @@ class DownKeeper:
         raise ServeError(503, "TOKEN_UNAVAILABLE", "no valid token")
 
 
-class FailingHub:
+def failing_hub() -> StubHub:
     """A hub whose every probe fails."""
-
-    def __init__(self) -> None:
-        self.config: Any = SimpleNamespace(server=ServerConfig(), default_target="t1")
-        self.keepers: Any = {"t1": DownKeeper()}
-        self.metrics = Metrics()
-
-    def healthy(self, now: float) -> bool:
-        return False
-
-    def ready(self, now: float, target: str | None) -> bool:
-        return False
-
-    def status(self) -> dict[str, Any]:
-        return {"targets": [{"name": "t1", "state": "expired"}]}
+    return StubHub(up=False, keepers={"t1": DownKeeper()},
+                   targets=[{"name": "t1", "state": "expired"}])
 
 
 def assert_retry_after(status: int, headers: Any, where: str) -> None:
@@ -80,7 +68,7 @@ SOCKET_REQUESTS = [
 @pytest.mark.parametrize(("method", "path"), SOCKET_REQUESTS)
 async def test_every_503_on_the_socket_api_has_retry_after(
         aiohttp_client: ClientFactory, method: str, path: str) -> None:
-    client = await aiohttp_client(socket_app(FailingHub()))
+    client = await aiohttp_client(socket_app(failing_hub()))
     resp = await client.request(method, path, json={"fingerprint": "sha256:" + "0" * 64})
     assert_retry_after(resp.status, resp.headers, f"{method} {path}")
 
@@ -88,20 +76,20 @@ async def test_every_503_on_the_socket_api_has_retry_after(
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/readyz?target=t1"])
 async def test_every_503_on_the_metrics_listener_has_retry_after(
         aiohttp_client: ClientFactory, path: str) -> None:
-    client = await aiohttp_client(metrics_app(FailingHub()))
+    client = await aiohttp_client(metrics_app(failing_hub()))
     resp = await client.get(path)
     assert_retry_after(resp.status, resp.headers, path)
     assert (await resp.text()).strip() in ("unhealthy", "not ready")  # status codes only
 
 
 @pytest.fixture
-def hub() -> FailingHub:
-    return FailingHub()
+def hub() -> StubHub:
+    return failing_hub()
 
 
 @pytest.fixture
 async def gated_socket(tmp_path_factory: pytest.TempPathFactory,
-                       hub: FailingHub) -> AsyncIterator[Path]:
+                       hub: StubHub) -> AsyncIterator[Path]:
     path = tmp_path_factory.mktemp("s") / "api.sock"
     runner = web.AppRunner(socket_app(hub), access_log=None, handle_signals=False)
     await runner.setup()
@@ -118,7 +106,7 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
 
 
 async def test_the_503_at_accept_for_connection_limits_has_retry_after(
-        gated_socket: Path, hub: FailingHub) -> None:
+        gated_socket: Path, hub: StubHub) -> None:
     hub.config.server = ServerConfig(max_connections_per_uid=1)
     _, first = await asyncio.open_unix_connection(str(gated_socket))  # holds the uid's one slot
     try:

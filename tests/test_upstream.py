@@ -14,7 +14,8 @@ import pytest
 
 from tests.test_fuzz_upstream import Body, Reply, call, target
 from tokend.errors import InvalidResponse, RefreshTokenGone, UpstreamError
-from tokend.upstream import MAX_ACCESS_TOKEN, UpstreamClient
+from tokend.upstream import UpstreamClient
+from tokend.upstream_answers import MAX_ACCESS_TOKEN
 
 RID = "5f0d7c3e-0f6b-4b4e-9a51-2c7d5c1e8a11"
 GOOD = jwt.encode({"iat": 1_999_996_400, "exp": 2_000_000_000, "sub": "administrator"},

@@ -7,8 +7,9 @@ starts as CA1 (the server is not trusted) and is rewritten to CA2.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +74,23 @@ async def login(client: UpstreamClient) -> str:
     return (await client.login("u", Secret("Pw#x"))).access_token
 
 
+@contextlib.asynccontextmanager
+async def client_of(url: str, ca_file: Path, ca: trustme.CA | None) -> AsyncIterator[UpstreamClient]:
+    """A client whose ``ca_file`` holds ``ca`` (or does not exist yet), closed on the way out."""
+    if ca is not None:
+        write_ca(ca_file, ca)
+    client = UpstreamClient(config(url, ca_file))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 async def test_rewritten_ca_file_is_trusted_on_the_next_call(
         upstream: tuple[Upstream, str], tmp_path: Path) -> None:
     up, url = upstream
     ca_file = tmp_path / "ca.pem"
-    write_ca(ca_file, up.ca1)
-    client = UpstreamClient(config(url, ca_file))
-    try:
+    async with client_of(url, ca_file, up.ca1) as client:
         with pytest.raises(TransientError) as exc:
             await login(client)
         assert exc.value.outcome == "tls_error"
@@ -89,25 +100,19 @@ async def test_rewritten_ca_file_is_trusted_on_the_next_call(
         assert client.check_trust() is True
         assert await login(client) == TOKEN
         assert client.check_trust() is False  # read again, unchanged
-    finally:
-        await client.close()
 
 
 async def test_unchanged_ca_file_is_not_reloaded(
         upstream: tuple[Upstream, str], tmp_path: Path) -> None:
     up, url = upstream
     ca_file = tmp_path / "ca.pem"
-    write_ca(ca_file, up.ca2)
-    client = UpstreamClient(config(url, ca_file))
-    try:
+    async with client_of(url, ca_file, up.ca2) as client:
         assert await login(client) == TOKEN
         session = client._get_pool().session
         assert client.check_trust() is False
         assert client.check_trust() is False
         assert await login(client) == TOKEN
         assert client._get_pool().session is session  # the same session, kept alive
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("fault", ["missing", "not a certificate", "a directory",
@@ -116,9 +121,7 @@ async def test_broken_ca_file_names_the_key_and_keeps_the_trust_store(
         upstream: tuple[Upstream, str], tmp_path: Path, fault: str) -> None:
     up, url = upstream
     ca_file = tmp_path / "ca.pem"
-    write_ca(ca_file, up.ca2)
-    client = UpstreamClient(config(url, ca_file))
-    try:
+    async with client_of(url, ca_file, up.ca2) as client:
         assert await login(client) == TOKEN
         if fault == "missing":
             ca_file.unlink()
@@ -135,17 +138,13 @@ async def test_broken_ca_file_names_the_key_and_keeps_the_trust_store(
         assert exc.value.key == "targets[3].ca_file"
         assert str(ca_file) in str(exc.value) and exc.value.fix
         assert await login(client) == TOKEN  # CA2 is still trusted
-    finally:
-        await client.close()
 
 
 async def test_call_in_flight_finishes_on_the_old_session(
         upstream: tuple[Upstream, str], tmp_path: Path) -> None:
     up, url = upstream
     ca_file = tmp_path / "ca.pem"
-    write_ca(ca_file, up.ca2)
-    client = UpstreamClient(config(url, ca_file))
-    try:
+    async with client_of(url, ca_file, up.ca2) as client:
         up.gate = asyncio.Event()
         first = asyncio.create_task(login(client))
         while up.logins == 0:
@@ -164,17 +163,14 @@ async def test_call_in_flight_finishes_on_the_old_session(
         assert old.session.closed
         assert client._get_pool() is not old
         assert await login(client) == TOKEN
-    finally:
-        await client.close()
 
 
 async def test_ca_file_broken_at_start_trusts_only_the_system_cas_until_it_loads(
         upstream: tuple[Upstream, str], tmp_path: Path) -> None:
     up, url = upstream
     ca_file = tmp_path / "ca.pem"
-    target = config(url, ca_file)  # as if the file broke between the config check and the start
-    client = UpstreamClient(target)
-    try:
+    # no file yet: as if it broke between the config check and the start
+    async with client_of(url, ca_file, None) as client:
         with pytest.raises(TransientError) as exc:
             await login(client)
         assert exc.value.outcome == "tls_error"
@@ -183,8 +179,6 @@ async def test_ca_file_broken_at_start_trusts_only_the_system_cas_until_it_loads
         write_ca(ca_file, up.ca2)
         assert client.check_trust() is True
         assert await login(client) == TOKEN
-    finally:
-        await client.close()
 
 
 @pytest.mark.parametrize("settings", [

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tokend.keeper import ServeError
+from tokend.serving import ServeError
 from tokend.watch import SLOT, Deadlines, Watches, parse_after, parse_wait
 
 OLD = "sha256:" + "a" * 64

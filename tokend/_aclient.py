@@ -15,21 +15,18 @@ from typing import Any
 
 import aiohttp
 
-from tokend.client import (
+from tokend._clientbase import (
     DEFAULT_TIMEOUT,
     DEFAULT_WAIT,
     MAX_ANSWER,
     Answer,
+    ClientBase,
     TargetNotFound,
     Token,
     TokenUnavailable,
     Unreachable,
-    error_from,
-    invalidate_body,
-    invalidate_path,
-    socket_path,
+    describe_os_error,
     target_url,
-    token_from,
     token_path,
 )
 
@@ -48,7 +45,7 @@ RETRY_MAX = 30.0
 GONE_TRIES = 6  # about 60 s of 404s before tokens() believes the target is gone
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """tokend's socket API for asyncio (SPEC §4, §10), on one kept-alive connection pool.
 
     Arguments as :class:`tokend.client.Client`. Use ``async with AsyncClient() as client:`` or call
@@ -57,10 +54,7 @@ class AsyncClient:
 
     def __init__(self, socket: str | os.PathLike[str] | None = None, target: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.socket = socket_path(socket)
-        self.target = target
-        self.timeout = timeout
-        self._learned_target: str | None = target
+        super().__init__(socket, target, timeout)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AsyncClient:
@@ -82,9 +76,8 @@ class AsyncClient:
 
     async def invalidate(self, fingerprint: str) -> Token:
         """As :meth:`tokend.client.Client.invalidate`."""
-        answer = await self._call(invalidate_path(await self._target_name()), "POST",
-                                  invalidate_body(fingerprint), self.timeout + INVALIDATE_GRACE)
-        return self._token(answer)
+        path, method, body = self._invalidation(await self._target_name(), fingerprint)
+        return self._token(await self._call(path, method, body, self.timeout + INVALIDATE_GRACE))
 
     async def watch(self, after: str, wait: float = DEFAULT_WAIT) -> Token:
         """As :meth:`tokend.client.Client.watch`: read timeout ``wait`` plus ``timeout``."""
@@ -93,11 +86,7 @@ class AsyncClient:
 
     async def status(self) -> dict[str, Any]:
         """As :meth:`tokend.client.Client.status`."""
-        answer = await self._call("/v1/status")
-        if answer.status != 200:
-            raise error_from(answer)
-        data: dict[str, Any] = answer.json()
-        return data
+        return self._status_of(await self._call("/v1/status"))
 
     async def url(self) -> str:
         """As :meth:`tokend.client.Client.url`."""
@@ -167,11 +156,6 @@ class AsyncClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unreachable(f"cannot reach tokend at {self.socket}: {_describe(exc)}") from None
 
-    def _token(self, answer: Answer) -> Token:
-        token = token_from(answer)
-        self._learned_target = self._learned_target or token.target
-        return token
-
     async def _target_name(self) -> str:
         if self._learned_target is None:
             await self.token()
@@ -180,15 +164,5 @@ class AsyncClient:
 
 
 def _describe(exc: BaseException) -> str:
-    cause = exc
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        cause = exc.os_error
-    if isinstance(cause, FileNotFoundError):
-        return "no socket there (is tokend running? is TOKEND_SOCKET right?)"
-    if isinstance(cause, ConnectionRefusedError):
-        return "connection refused (tokend is not running)"
-    if isinstance(cause, PermissionError):
-        return "permission denied (ask for a group that may open the socket)"
-    if isinstance(cause, TimeoutError):
-        return "no answer in time"
-    return f"{type(exc).__name__}: {exc}"
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    return describe_os_error(exc, "TOKEND_SOCKET", cause)

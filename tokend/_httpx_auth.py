@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Generator
 import httpx
 
 from tokend._auth import Tokens, fresh, origin_of, used_fingerprint
-from tokend.client import (
+from tokend._clientbase import (
     DEFAULT_TIMEOUT,
     MAX_ANSWER,
     Answer,

@@ -1,5 +1,8 @@
 """The ``tokend`` command: argument parsing and the subcommands. No logic beyond wiring.
 
+The commands that ask a running tokend (``token``, ``status``, ``health``, ``invalidate``) are in
+:mod:`tokend.cli_client`; the exit statuses below are named in :mod:`tokend.exitcodes`.
+
 Every command exits with one of four statuses, so a script can tell them apart:
 
 ====  ===================================================================================
@@ -16,26 +19,16 @@ Every command exits with one of four statuses, so a script can tell them apart:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from tokend import DEFAULT_CONFIG_PATH, __version__
-from tokend.client import (
-    Client,
-    TargetNotFound,
-    Token,
-    TokenRefused,
-    TokenUnavailable,
-    Unreachable,
-    get_token,
-    request,
-    socket_path,
-)
+from tokend.cli_client import cmd_health, cmd_invalidate, cmd_status, cmd_token
 from tokend.errors import ConfigError
+from tokend.exitcodes import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, fail
 
 if TYPE_CHECKING:  # the config package is imported by the commands that read a config
     from tokend.config import Config, LogOverride
@@ -43,14 +36,6 @@ if TYPE_CHECKING:  # the config package is imported by the commands that read a 
 # Only what every command needs is imported here: `tokend token` runs once per script step, so
 # its start-up time matters; the daemon's modules are imported by the commands that use them.
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
-# Answers of the socket API that mean the request itself was wrong: exit 2, not 1.
-USAGE_STATUSES = (400, 404)
-# tokend token --watch: how long each watch is held, and the back-off while tokend is away.
-WATCH_HOLD = 60.0
-REWATCH_JITTER = 0.25
-WATCH_RETRY_MAX = 30.0
 # What `tokend demo` and `tokend fake-sddc` import from the `fake` extra (pyproject.toml).
 FAKE_EXTRA_MODULES = ("cryptography", "jwt")
 
@@ -58,11 +43,6 @@ FAKE_EXTRA_MODULES = ("cryptography", "jwt")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"tokend: {message} (see '{self.prog} --help')\n")
-
-
-def _fail(message: str, status: int = EXIT_FAIL) -> int:
-    print(f"tokend: {message}", file=sys.stderr)
-    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         configure(daemon.config.log.level, daemon.config.log.format)
         return asyncio.run(daemon.run())
     except ConfigError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -226,136 +206,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return status
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    """``tokend token``: print the current access token, or watch for new ones."""
-    if args.min_ttl is not None and (args.watch or args.after):
-        return _fail("--min-ttl cannot be combined with --watch or --after", EXIT_USAGE)
-    if args.watch:
-        return _watch_tokens(args)
-    if args.after is not None:
-        client = Client(args.socket, args.target, args.timeout)
-        try:
-            token = client.watch(args.after, WATCH_HOLD if args.wait is None else args.wait)
-        except Unreachable as exc:
-            return _fail(str(exc))
-        except TokenRefused as exc:
-            return _fail(f"no token: {exc}", _refusal_exit(exc))
-        _print_token(args, _token_json(token))
-        return EXIT_OK
-    try:
-        data = get_token(args.target, args.min_ttl, args.socket, args.timeout, args.wait or 0.0)
-    except Unreachable as exc:
-        return _fail(str(exc))
-    except TokenRefused as exc:
-        return _fail(f"no token: {exc}", _refusal_exit(exc))
-    _print_token(args, data)
-    return EXIT_OK
-
-
-def _print_token(args: argparse.Namespace, data: dict[str, Any]) -> None:
-    """One line: the token, its header (--header) or its JSON (--json); flushed at once."""
-    if args.json:
-        line = json.dumps(data)
-    elif args.header:
-        line = f"Authorization: Bearer {data['accessToken']}"
-    else:
-        line = data["accessToken"]
-    print(line, flush=True)
-
-
-def _token_json(token: Token) -> dict[str, Any]:
-    return {"target": token.target, "tokenType": token.token_type,
-            "accessToken": token.access_token, "expiresAt": token.expires_at,
-            "expiresIn": token.expires_in, "upstreamExp": token.upstream_exp,
-            "fingerprint": token.fingerprint}
-
-
-def _watch_tokens(args: argparse.Namespace) -> int:
-    """``tokend token --watch``: a line per new token until interrupted.
-
-    The first token must come (within ``--wait``, as without --watch): a wrong socket or target
-    fails at once. After that, tokend being away, holding no token or swapping the target's
-    keeper on reload is waited out (said once on stderr), so a ``while read`` loop outlives a
-    restart of tokend.
-    """
-    import random
-    import time
-
-    client = Client(args.socket, args.target, args.timeout)
-    try:
-        data = get_token(args.target, None, args.socket, args.timeout, args.wait or 0.0)
-    except Unreachable as exc:
-        return _fail(str(exc))
-    except TokenRefused as exc:
-        return _fail(f"no token: {exc}", _refusal_exit(exc))
-    last = str(data["fingerprint"])
-    if args.after != last:
-        _print_token(args, data)
-    delay = 0.5
-    waiting = False
-    while True:
-        time.sleep(REWATCH_JITTER * random.random())  # as AsyncClient.tokens() does
-        try:
-            token = client.watch(last, WATCH_HOLD)
-        except (Unreachable, TokenUnavailable, TargetNotFound) as exc:
-            if isinstance(exc, TargetNotFound) and delay >= WATCH_RETRY_MAX:
-                return _fail(f"no token: {exc}")  # not a reload: the target is gone
-            if not waiting:
-                print(f"tokend: {exc}; waiting for tokend", file=sys.stderr, flush=True)
-                waiting = True
-            pause = exc.retry_after if exc.retry_after is not None else delay
-            time.sleep(min(pause, WATCH_RETRY_MAX) * (0.5 + random.random() / 2))
-            delay = min(delay * 2, WATCH_RETRY_MAX)
-            continue
-        except TokenRefused as exc:
-            return _fail(f"no token: {exc}")
-        delay, waiting = 0.5, False
-        if token.fingerprint != last:
-            last = token.fingerprint
-            _print_token(args, _token_json(token))
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """``tokend status``: per-target state."""
-    from tokend.status import render_status
-
-    try:
-        answer = request("/v1/status", sock=args.socket, timeout=args.timeout)
-    except Unreachable as exc:
-        return _fail(str(exc))
-    if answer.status != 200:
-        return _fail(answer.error)
-    data: dict[str, Any] = answer.json()
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        print(render_status(data, color=_color(sys.stdout)))
-    return EXIT_OK
-
-
-def cmd_health(args: argparse.Namespace) -> int:
-    """``tokend health``: exit 0 if healthy (or ready); silent unless it fails."""
-    path = "/readyz" if args.ready else "/healthz"
-    if args.ready and args.target:
-        path += f"?target={args.target}"
-    try:
-        answer = request(path, sock=args.socket, timeout=args.timeout)
-    except Unreachable as exc:
-        return _fail(str(exc))
-    if answer.status == 200:
-        return EXIT_OK
-    if answer.status in USAGE_STATUSES:  # an unknown target: the probe itself is wrong
-        return _fail(f"{socket_path(args.socket)}: {answer.error}", EXIT_USAGE)
-    what = "not ready" if args.ready else "unhealthy"
-    detail = ""
-    if args.ready and answer.status == 503:
-        states = [f"{t['name']}: {t['state']}" for t in answer.json().get("targets", [])]
-        detail = f" ({', '.join(states)})"
-    elif answer.status != 503:
-        detail = f" ({answer.error})"
-    return _fail(f"{socket_path(args.socket)}: {what}{detail}")
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
     """``tokend check-config``: every check ``run`` makes, then what tokend would do."""
     from tokend.config import describe, load_config
@@ -366,7 +216,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = load_config(path)
         found = preflight(config, look_for_live=True)
     except ConfigError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE)
     print(f"{path}: OK")
     for line in describe(config):
         print(line)
@@ -388,14 +238,14 @@ def cmd_fake_sddc(args: argparse.Namespace) -> int:
     try:
         users = read_users(args.user, args.users_file)
     except ValueError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE)
     try:
         asyncio.run(serve_forever(args.listen, args.access_ttl, args.refresh_ttl, users or None,
                                   args.api_key, args.tls_dir))
     except ValueError as exc:
-        return _fail(f"--listen: {exc}", EXIT_USAGE)
+        return fail(f"--listen: {exc}", EXIT_USAGE)
     except OSError as exc:
-        return _fail(f"cannot serve on {args.listen}: {exc.strerror or exc}", EXIT_FAIL)
+        return fail(f"cannot serve on {args.listen}: {exc.strerror or exc}", EXIT_FAIL)
     return EXIT_OK
 
 
@@ -409,7 +259,7 @@ def _missing_fake_extra(command: str) -> int | None:
     missing = [name for name in FAKE_EXTRA_MODULES if find_spec(name) is None]
     if not missing:
         return None
-    return _fail(f"{command} needs the fake SDDC Manager's packages ({', '.join(missing)} missing):"
+    return fail(f"{command} needs the fake SDDC Manager's packages ({', '.join(missing)} missing):"
                  " pip install 'tokend[fake]'", EXIT_USAGE)
 
 
@@ -421,16 +271,6 @@ def _interrupted(args: argparse.Namespace) -> int:
     if args.command in ("demo", "fake-sddc") or (args.command == "run" and not args.once):
         return EXIT_OK
     return EXIT_INTERRUPTED
-
-
-def _refusal_exit(exc: TokenRefused) -> int:
-    """2 when tokend refused the request itself (an unknown target, an impossible min_ttl)."""
-    return EXIT_USAGE if exc.status in USAGE_STATUSES else EXIT_FAIL
-
-
-def _color(stream: Any) -> bool:
-    """Colour on a terminal, unless NO_COLOR is set to anything (https://no-color.org)."""
-    return bool(stream.isatty()) and not os.environ.get("NO_COLOR")
 
 
 # -- run: --once and the log options -----------------------------------------------------------
@@ -475,11 +315,11 @@ def _run_once(config: Config, override: LogOverride | None) -> int:
     preflight(config, sockets=False)
     failures = asyncio.run(run_once(config))
     for failure in failures:
-        _fail(failure)
+        fail(failure)
     return EXIT_FAIL if failures else EXIT_OK
 
 
-# -- check-config --online, invalidate, example-config -----------------------------------------
+# -- check-config --online, example-config -----------------------------------------------------
 
 
 def _check_online(config: Config) -> int:
@@ -494,29 +334,6 @@ def _check_online(config: Config) -> int:
           " revoked at once", flush=True)
     ok = asyncio.run(check_online(config, lambda line: print(line, flush=True)))
     return EXIT_OK if ok else EXIT_FAIL
-
-
-def cmd_invalidate(args: argparse.Namespace) -> int:
-    """``tokend invalidate``: report the current token as refused; print the one that replaces it."""
-    import urllib.parse
-
-    try:
-        current = get_token(args.target, None, args.socket, args.timeout)
-        name, old = str(current["target"]), str(current["fingerprint"])
-        answer = request(f"/v1/targets/{urllib.parse.quote(name, safe='')}/invalidate", "POST",
-                         json.dumps({"fingerprint": old}).encode(), sock=args.socket,
-                         timeout=args.timeout)
-    except Unreachable as exc:
-        return _fail(str(exc))
-    except TokenRefused as exc:
-        return _fail(f"no token to report: {exc}", _refusal_exit(exc))
-    if answer.status != 200:
-        return _fail(f"{name}: reported {old}, no new token: {answer.error}",
-                     EXIT_USAGE if answer.status in USAGE_STATUSES else EXIT_FAIL)
-    new: dict[str, Any] = answer.json()
-    print(f"{name}: reported {old}; now serving {new['fingerprint']},"
-          f" expires in {new['expiresIn']}s")
-    return EXIT_OK
 
 
 def cmd_example_config(args: argparse.Namespace) -> int:

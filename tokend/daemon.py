@@ -10,13 +10,10 @@ in-flight requests finish while a reload under way completes, stop the proxies (
 flight get the same grace), stop the keepers (revoking if configured), remove the socket, remove
 and release the lock.
 
-Reloads (SPEC §8.7) run one at a time in one task the daemon owns; SIGHUP only asks for one. A
-reload is prepare (load and check everything, build the new keepers without starting them, bind
-the new proxies' sockets), commit (stop the proxies that go, retire the keepers that go, then
-start their successors, then the new proxies) and log. Two rules keep every keeper
-accounted for, whenever a reload is interrupted: a keeper is started only in the same step that puts
-it into ``keepers``, and one leaves ``keepers`` only once it has stopped. So shutdown, which first
-ends the reload task and then stops a snapshot of ``keepers``, stops every keeper that ever ran.
+Reloads run one at a time in one task the daemon owns (:class:`tokend.reload.Reloads`, which
+swaps the keepers and the proxies); SIGHUP only asks for one. The daemon-wide settings of a
+reloaded config stay here: logging and what needs a restart (:meth:`Daemon.adopt`), the open files
+limit (:meth:`Daemon.fit_open_files`).
 """
 
 from __future__ import annotations
@@ -27,65 +24,30 @@ import dataclasses
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from tokend import __version__
-from tokend.config import Config, LogOverride, TargetConfig, load_config
+from tokend.config import Config, LogOverride, TargetConfig
 from tokend.config.model import ProxyConfig
-from tokend.errors import ConfigError
+from tokend.gate import ConnectionSlots, GatedUnixSite, PeerGate
 from tokend.harden import raise_open_files_limit
 from tokend.keeper import Keeper
 from tokend.ledger import Ledger
 from tokend.listen import METRICS_FIX, SocketLock, activated_sockets, bind_tcp, bind_unix
 from tokend.logs import configure, get_logger
-from tokend.metrics import Metrics, TargetMetrics
-from tokend.names import State
+from tokend.metrics import Metrics
 from tokend.preflight import activated_names, preflight
 from tokend.proxy.app import Proxy, descriptors_needed
-from tokend.proxy.forward import Forwarder
-from tokend.proxy.tcp import TcpListener, listener_key
-from tokend.secrets import read_secret
-from tokend.server import (
-    IDLE_TIMEOUT,
-    ConnectionSlots,
-    GatedUnixSite,
-    PeerGate,
-    metrics_app,
-    socket_app,
-)
+from tokend.proxy.tcp import TcpListener
+from tokend.reload import Reloads
+from tokend.server import IDLE_TIMEOUT, metrics_app, socket_app
 from tokend.systemd import Notifier
 
-if TYPE_CHECKING:
-    from tokend.proxy.facade import Facade
-
 STATUS_INTERVAL = 5.0
-# A reload under way at SIGTERM may be revoking a retired keeper's refresh token, a call bounded by
-# its request_timeout; shutdown waits that long for it, plus this for the bookkeeping around it.
-RELOAD_GRACE = 0.5
 log = get_logger()
-
-
-@dataclass
-class ReloadPlan:
-    """What a reload will do, decided before anything changes."""
-
-    config: Config
-    kept: list[TargetConfig] = field(default_factory=list)  # same connection: keep the token
-    fresh: dict[str, Keeper] = field(default_factory=dict)  # built, not started
-    removed: list[str] = field(default_factory=list)  # names no longer configured
-    # Proxies, by target name: kept ones (same socket) get their new settings, and a new
-    # forwarder when their target's connection or their pool settings changed; new ones have
-    # their socket bound already, unless a proxy that stops first holds its path (deferred).
-    proxies_kept: list[ProxyConfig] = field(default_factory=list)
-    proxies_forwarders: dict[str, Forwarder] = field(default_factory=dict)
-    proxies_facades: dict[str, Facade] = field(default_factory=dict)  # kept proxies' successors
-    proxies_new: dict[str, tuple[Proxy, Forwarder]] = field(default_factory=dict)
-    proxies_deferred: set[str] = field(default_factory=set)
-    proxies_stopped: list[str] = field(default_factory=list)  # removed, or moving to a new socket
 
 
 class Daemon:
@@ -95,7 +57,7 @@ class Daemon:
                  log_override: LogOverride | None = None) -> None:
         # --log-level/--log-format and TOKEND_LOG_*: they outlive a reload of the file.
         self._log_override = log_override
-        config = self._with_log_override(config)
+        config = self.with_log_override(config)
         self.config = config
         self.metrics = Metrics()
         self.keepers: dict[str, Keeper] = {}
@@ -108,12 +70,7 @@ class Daemon:
         self._lock: SocketLock | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._reload_wanted = asyncio.Event()
-        self._reload_idle = asyncio.Event()
-        self._reload_idle.set()
-        self._reload_task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._retiring: set[Keeper] = set()
+        self._reloads = Reloads(self)
         self._activated: dict[str, socket.socket] = {}  # systemd's proxy sockets, by target
         self._metrics_sock: socket.socket | None = None
         self._started = False  # daemon.started was logged: shutdown logs its own two lines
@@ -122,7 +79,7 @@ class Daemon:
 
     def healthy(self, now: float) -> bool:
         """True while no keeper is stuck (a keeper idle on purpose is healthy)."""
-        return not any(k.stuck(now) for k in self.keepers.values() if k not in self._retiring)
+        return not any(k.stuck(now) for k in self.keepers.values() if k not in self._reloads.retiring)
 
     def ready(self, now: float, target: str | None) -> bool:
         """True when every target (or ``target``) holds a valid token."""
@@ -142,7 +99,7 @@ class Daemon:
         Raises the ConfigError of the first check that fails, before anything is opened.
         """
         preflight(self.config, activated=activated_names())
-        self._fit_open_files(self.config)
+        self.fit_open_files(self.config)
         sock = self._open_socket()
         try:
             self._metrics_sock = self._bind_metrics()
@@ -163,7 +120,7 @@ class Daemon:
         """The listen backlog of every Unix socket: the connection limit (the kernel caps it)."""
         return self.config.server.max_connections
 
-    def _fit_open_files(self, config: Config) -> None:
+    def fit_open_files(self, config: Config) -> None:
         """Raise RLIMIT_NOFILE to fit the connection limits and the proxies' pools, or say so."""
         wanted = descriptors_needed(config.server.max_connections, list(config.proxies),
                                     len(config.targets))
@@ -199,7 +156,8 @@ class Daemon:
             return None
         return bind_tcp(metrics.host, metrics.port, "metrics.listen", 128, METRICS_FIX)
 
-    def _with_log_override(self, config: Config) -> Config:
+    def with_log_override(self, config: Config) -> Config:
+        """``config`` with the log level and format of the command line and environment, if set."""
         if self._log_override is None:
             return config
         return dataclasses.replace(config, log=self._log_override.over(config.log))
@@ -224,11 +182,11 @@ class Daemon:
     def _open_proxies(self) -> None:
         """Take every proxy's socket before any keeper starts; the first that fails ends start-up."""
         for proxy_config in self.config.proxies:
-            proxy = self._new_proxy(proxy_config, self.config.server.state_dir)
+            proxy = self.new_proxy(proxy_config, self.config.server.state_dir)
             self.proxies[proxy.name] = proxy  # stopped (socket removed, lock released) at shutdown
             proxy.open(self._activated.pop(proxy.name, None), self.backlog)
 
-    def _new_proxy(self, proxy_config: ProxyConfig, state_dir: Path) -> Proxy:
+    def new_proxy(self, proxy_config: ProxyConfig, state_dir: Path) -> Proxy:
         """A proxy with its facade (session keys and users read now) and, with ``listen``, its
         TLS material; not yet open. Raises ConfigError naming the file or key at fault."""
         # Imported here: the facade's local tokens need pyjwt, which a daemon without a proxy
@@ -252,11 +210,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        self._reload_task = asyncio.create_task(self._reloads(), name="reloads")
+        self._reloads.start()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for target in self.config.targets:
-            self._warn_tls(target)
-            self._start(Keeper(target, self.metrics.target(target.name), ledger=self.ledger))
+            self.warn_tls(target)
+            self.start_keeper(self.new_keeper(target))
         grace = self.config.server.shutdown_timeout
         runner = web.AppRunner(socket_app(self), access_log=None, handle_signals=False,
                                shutdown_timeout=grace, keepalive_timeout=IDLE_TIMEOUT)
@@ -289,7 +247,7 @@ class Daemon:
             task.cancel()
         # The listeners close while a reload under way finishes: neither touches the other, and
         # the keepers are stopped only when no reload can change ``keepers`` any more.
-        await asyncio.gather(self._close_listeners(), self._stop_reloads())
+        await asyncio.gather(self._close_listeners(), self._reloads.stop())
         # After the reloads: a reload under way may have started a proxy. Before the keepers: a
         # proxy's requests in flight still need their tokens.
         await asyncio.gather(*(proxy.stop() for proxy in list(self.proxies.values())))
@@ -312,13 +270,19 @@ class Daemon:
         for runner in self._runners:
             await runner.cleanup()
 
-    def _start(self, keeper: Keeper) -> None:
+    def new_keeper(self, target: TargetConfig) -> Keeper:
+        """``target``'s keeper, not started. Raises ConfigError, OSError or ValueError when its
+        file sink or TLS material is refused."""
+        return Keeper(target, self.metrics.target(target.name), ledger=self.ledger)
+
+    def start_keeper(self, keeper: Keeper) -> None:
         """Make ``keeper`` its target's keeper and start it, in one step (nothing runs unlisted)."""
         self.keepers[keeper.name] = keeper
         keeper.start()
 
     @staticmethod
-    def _warn_tls(target: TargetConfig) -> None:
+    def warn_tls(target: TargetConfig) -> None:
+        """Log that ``target``'s TLS certificate is not verified, when it is not."""
         if not target.verify_tls and not target.tls_fingerprint:
             log.warning("tls.verification_disabled", target=target.name,
                         remediation="set ca_file or tls_fingerprint and remove verify_tls = false")
@@ -358,155 +322,12 @@ class Daemon:
 
         Asking while a reload runs gets exactly one more reload after it, however often one asks.
         """
-        self._reload_wanted.set()
+        self._reloads.ask()
 
-    async def _reloads(self) -> None:
-        """The one task that reloads, one reload at a time, until shutdown ends it."""
-        while not self._closing:
-            await self._reload_wanted.wait()
-            if self._closing:
-                return
-            self._reload_wanted.clear()
-            self._reload_idle.clear()
-            try:
-                await self._reload()
-            except Exception as exc:  # a bug must not end reloading
-                self.metrics.config_reload_ok.set(0)
-                log.error("config.reload_failed", key="",
-                          error=f"internal error ({type(exc).__name__})",
-                          action="see the traceback; send SIGHUP again to retry", exc_info=exc)
-            finally:
-                self._reload_idle.set()
-
-    async def _stop_reloads(self) -> None:
-        """Let a reload under way finish (bounded by the largest request_timeout), then end the task."""
-        task, self._reload_task = self._reload_task, None
-        if task is None:
-            return
-        self._closing = True
-        if not self._reload_idle.is_set():
-            timeouts = [t.request_timeout for t in self.config.targets]
-            timeouts += [k.target.request_timeout for k in self.keepers.values()]
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload_idle.wait(), max(timeouts, default=0.0)
-                                       + RELOAD_GRACE)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    async def _reload(self) -> None:
-        """Prepare, commit, log: a config that fails to prepare changes nothing."""
-        try:
-            plan = self._prepare()
-        except ConfigError as exc:
-            self.metrics.config_reload_ok.set(0)
-            log.error("config.reload_failed", key=exc.key, error=str(exc),
-                      action="the running configuration is kept")
-            return
-        await self._commit(plan)
-        self.metrics.config_reload_ok.set(1)
-        log.info("config.reloaded", kept=[t.name for t in plan.kept], restarted=list(plan.fresh),
-                 removed=plan.removed, proxies=list(self.proxies))
-
-    def _prepare(self) -> ReloadPlan:
-        """Load and check the config, read every secret, build (not start) the new keepers.
-
-        Raises ConfigError, having changed nothing, when any of it fails.
-        """
-        new = self._with_log_override(load_config(self.config.path))
-        # What check-config checks: the secrets, every file sink, the sockets of new proxies.
-        held = {p.config.socket for p in self.proxies.values() if p.config.socket is not None}
-        preflight(new, start=False, held=held)
-        plan = ReloadPlan(new, removed=[n for n in self.keepers if new.target(n) is None])
-        for index, target in enumerate(new.targets):
-            old = self.keepers.get(target.name)
-            if old is not None and _same_connection(old, target):
-                plan.kept.append(target)
-                continue
-            try:
-                plan.fresh[target.name] = Keeper(target, self.metrics.target(target.name),
-                                                 ledger=self.ledger)
-            except (ConfigError, OSError, ValueError) as exc:
-                self._discard(plan)
-                key = exc.key if isinstance(exc, ConfigError) else f"targets[{index}]"
-                raise ConfigError(key, f"cannot set up target '{target.name}': {exc}",
-                                  "fix it and send SIGHUP again") from None
-        try:
-            self._prepare_proxies(plan)
-        except ConfigError:
-            self._discard(plan)
-            raise
-        return plan
-
-    def _prepare_proxies(self, plan: ReloadPlan) -> None:
-        """Decide each proxy's fate; build the forwarders and bind the new sockets now.
-
-        Raises ConfigError (after closing what it bound) when a socket or a TLS setting fails.
-        """
-        new = plan.config
-        state_dir = new.server.state_dir
-        held = {p.socket_path: name for name, p in self.proxies.items() if p.socket_path}
-        held_listens = {p.config.listen for p in self.proxies.values() if p.listener is not None}
-        wanted = {p.target for p in new.proxies}
-        plan.proxies_stopped = [name for name in self.proxies if name not in wanted]
-        try:
-            for proxy_config in new.proxies:
-                target = new.target(proxy_config.target)
-                assert target is not None  # the config refuses a proxy of an unknown target
-                old = self.proxies.get(proxy_config.target)
-                if old is not None and old.config.socket == proxy_config.socket and listener_key(
-                        old.config, self.config.server.state_dir) == listener_key(
-                        proxy_config, state_dir):
-                    plan.proxies_kept.append(proxy_config)
-                    current = old.forwarder
-                    if current is None or current.settings_key() != Forwarder.key_for(
-                            target, proxy_config):
-                        plan.proxies_forwarders[old.name] = old.build_forwarder(target, proxy_config)
-                    facade = _facade_of(old)
-                    if facade is not None:
-                        plan.proxies_facades[old.name] = facade.successor(proxy_config, state_dir)
-                    continue
-                if old is not None:
-                    plan.proxies_stopped.append(old.name)  # a changed socket or listener: restarted
-                try:
-                    proxy = self._new_proxy(proxy_config, state_dir)
-                except ConfigError:
-                    if proxy_config.target not in self.proxies:
-                        self.metrics.remove_proxy(proxy_config.target)
-                    raise
-                plan.proxies_new[proxy.name] = (proxy, proxy.build_forwarder(target))
-                if proxy_config.socket in held or (proxy_config.listen is not None
-                                                   and proxy_config.listen in held_listens):
-                    plan.proxies_deferred.add(proxy.name)  # taken once its holder has stopped
-                else:
-                    proxy.open(None, self.backlog)
-        except ConfigError:
-            for name, (proxy, _) in plan.proxies_new.items():
-                proxy.discard()
-                if name not in self.proxies:
-                    self.metrics.remove_proxy(name)  # its series were made for nothing
-            raise
-
-    def _discard(self, plan: ReloadPlan) -> None:
-        """Undo building ``plan``'s keepers: they never ran; their targets' series go back."""
-        now = time.monotonic()
-        for name in plan.fresh:
-            old = self.keepers.get(name)
-            if old is None:
-                self.metrics.remove_target(name)
-            else:
-                _show(old.metrics, old.state, old.current(now) is not None)
-        plan.fresh.clear()
-
-    async def _commit(self, plan: ReloadPlan) -> None:
-        """Retire the keepers that go, then start their successors; kept ones take new settings.
-
-        A replaced keeper is stopped (revoking, if configured) before its successor starts, so it
-        makes no upstream call after that. The retired ones stop together: SIGTERM waits for the
-        slowest, not for their sum.
-        """
+    def adopt(self, new: Config) -> None:
+        """Make a reloaded ``new`` the config: its log settings apply now; a warning names the
+        settings that change only at a restart (socket, its mode and group, metrics listener)."""
         old = self.config
-        new = plan.config
         if new.server.socket != old.server.socket or new.metrics != old.metrics or (
                 new.server.socket_mode, new.server.socket_group) != (
                 old.server.socket_mode, old.server.socket_group):
@@ -515,94 +336,3 @@ class Daemon:
                                " a restart; the other settings apply now")
         configure(new.log.level, new.log.format)
         self.config = new
-        for name in plan.fresh:  # SIGHUP clears the lockout records (kept keepers clear their own)
-            self.ledger.clear(name, time.time())
-        self._fit_open_files(new)
-        # Proxies that go stop before the keepers change: their requests in flight finish with
-        # the tokens they started with.
-        stopping = [self.proxies.pop(name) for name in plan.proxies_stopped]
-        await asyncio.gather(*(proxy.stop() for proxy in stopping))
-        for name in plan.proxies_stopped:
-            if name not in plan.proxies_new:
-                self.metrics.remove_proxy(name)
-        for proxy_config in plan.proxies_kept:
-            kept = self.proxies[proxy_config.target]
-            facade = plan.proxies_facades.get(proxy_config.target)
-            kept.reconfigure(proxy_config, plan.proxies_forwarders.get(proxy_config.target),
-                             login=facade, authorizer=facade)
-            kept.check_files(regenerate=True)  # SIGHUP re-reads users, keys and certificates
-        retiring = [self.keepers[n] for n in [*plan.removed, *plan.fresh] if n in self.keepers]
-        # Each stays in ``keepers`` (serving what it holds) until it has stopped; a successor then
-        # takes its place in the same step as it starts. A stopped keeper is not stuck: health
-        # does not look at the retiring ones.
-        self._retiring.update(retiring)
-        results = await asyncio.gather(*(k.stop(revoke=k.target.revoke_on_exit) for k in retiring),
-                                       return_exceptions=True)
-        self._retiring.difference_update(retiring)
-        for name in plan.removed:
-            del self.keepers[name]
-            self.metrics.remove_target(name)
-        predecessors = {k.name: k for k in retiring}
-        for keeper in plan.fresh.values():
-            predecessor = predecessors.get(keeper.name)
-            if predecessor is not None:  # a new secret or url must not reset the login spacing
-                keeper.policy.inherit(predecessor.policy)
-            # The retired keeper's last writes to the target's series are not the new one's state.
-            _show(keeper.metrics, "starting", False)
-            self._warn_tls(keeper.target)
-            if self._closing:  # SIGTERM came during the reload: no new session at the upstream
-                self.keepers[keeper.name] = keeper
-            else:
-                self._start(keeper)
-        await self._start_new_proxies(plan)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        for target in plan.kept:  # after the swap: one failing here leaves no target without keeper
-            try:
-                self.keepers[target.name].reconfigure(target)
-            except Exception as exc:  # e.g. a file sink refused since it was checked
-                errors.append(exc)
-        if errors:  # the swap is done whatever failed; the failure is a bug to be logged
-            raise errors[0]
-
-    async def _start_new_proxies(self, plan: ReloadPlan) -> None:
-        """Start the proxies a reload added or moved; one whose socket cannot be taken is logged."""
-        for name, (proxy, forwarder) in plan.proxies_new.items():
-            if name in plan.proxies_deferred:
-                try:
-                    proxy.open(None, self.backlog)
-                except ConfigError as exc:
-                    log.error("proxy.start_failed", target=name, key=exc.key, error=str(exc))
-                    continue
-            self.proxies[name] = proxy
-            await proxy.start(forwarder, self.backlog)
-
-
-def _facade_of(proxy: Proxy) -> Facade | None:
-    """The facade serving ``proxy``'s token endpoints, if it has one."""
-    from tokend.proxy.facade import Facade
-
-    return proxy.login if isinstance(proxy.login, Facade) else None
-
-
-def _show(metrics: TargetMetrics, state: State, valid: bool) -> None:
-    """Set a target's state and validity series."""
-    metrics.set_state(state)
-    metrics.valid.set(1 if valid else 0)
-
-
-def _same_connection(keeper: Keeper, target: TargetConfig) -> bool:
-    """Same url, TLS settings, identity and secret: the held token stays good."""
-    if keeper.target.connection_key() != target.connection_key():
-        return False
-    old, new = keeper.target.secret, target.secret
-    if (old.kind, old.ref) != (new.kind, new.ref):
-        return False
-    held = keeper.policy.secret_digest
-    if held is None:
-        # Not read yet (a keeper started by the reload just before this one): it reads the
-        # current secret before its first login, so restarting it would only lose its place.
-        return True
-    try:
-        return read_secret(new).digest == held
-    except ConfigError:
-        return False

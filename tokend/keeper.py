@@ -1,10 +1,11 @@
-"""One task per target: the driver of its state machine (:mod:`tokend.schedule`), and the serving side.
+"""One task per target: the driver of its state machine (:mod:`tokend.schedule`).
 
 The keeper holds no decision of its own: it asks :meth:`RefreshPolicy.poll` what is due, performs
 each effect (an upstream call, a secret read, a log line, a metric, the file sink) and reports the
 outcome back. It is the only caller of its target's token source and makes one call at a time, so
-there is never more than one upstream request per target in flight (single flight). Consumers never
-wait on the upstream directly: they read the current token, or wait for the next one.
+there is never more than one upstream request per target in flight (single flight). What it serves
+(the current token, ``min_ttl``, ``invalidate``, status, news for watches) is the part it inherits
+from :class:`tokend.serving.Serving`.
 
 Time comes from a :class:`Clock` and upstream calls from a :class:`TokenSource`, both passed in, so
 the keeper's flows are tested with a virtual clock and a fake source (``tests/test_keeper.py``).
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -26,7 +26,6 @@ from tokend.errors import (
     ConfigError,
     CredentialsRejected,
     InvalidResponse,
-    TokendError,
     TransientError,
     UpstreamDetail,
     UpstreamError,
@@ -37,16 +36,13 @@ from tokend.jwtinfo import JWT_PATTERN, fingerprint
 from tokend.ledger import Ledger
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import TargetMetrics
-from tokend.names import ErrorCode, KeeperCall, State
-from tokend.outcomes import remediation
+from tokend.names import KeeperCall, State
 from tokend.schedule import RefreshPolicy
 from tokend.secrets import Secret, read_secret, secret_stamp
+from tokend.serving import ServedToken, Serving, error_dict
 from tokend.upstream import Issued, UpstreamClient
 
-STUCK_GRACE = 30.0
-
-#: What the server serves: a held token with its answers rendered once.
-ServedToken = HeldToken
+STUCK_GRACE = 30.0  # seconds a step may take beyond two request_timeouts
 
 
 class TokenSource(Protocol):
@@ -68,60 +64,29 @@ class TokenSource(Protocol):
         """Re-read ``ca_file``; True when the trust store changed. Raises ConfigError."""
 
 
-class ServeError(TokendError):
-    """A token request that cannot be answered with a token; rendered as an Error body."""
+class Keeper(Serving):
+    """Keeps one target's token valid: drives its state machine, and serves it as :class:`Serving`.
 
-    def __init__(self, status: int, code: ErrorCode, message: str, remediation: str = "",
-                 reference_token: str | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.remediation = remediation
-        self.reference_token = reference_token
-        self.retry_after = retry_after
-
-
-def error_dict(error: UpstreamError, at_wall: float) -> dict[str, Any]:
-    """``lastError`` of the status JSON: the upstream's fields and tokend's own message."""
-    detail = error.detail
-    message = error.message
-    if detail.message:
-        message = f"{message}: {detail.message}"
-    return {
-        "errorCode": error.error_code,
-        "message": REDACTOR.text(message),
-        "remediationMessage": REDACTOR.text(detail.remediation_message or remediation(error)),
-        "referenceToken": detail.reference_token,
-        "at": iso_utc(at_wall),
-    }
-
-
-class Keeper:
-    """Keeps one target's token valid."""
+    Building one checks the file sink and sets up the upstream client (unless ``client`` is given):
+    raises ConfigError, OSError or ValueError when either is refused.
+    """
 
     def __init__(self, target: TargetConfig, metrics: TargetMetrics,
                  rand: Callable[[], float] = random.random, client: TokenSource | None = None,
                  clock: Clock | None = None, ledger: Ledger | None = None) -> None:
-        self.target = target
-        self.name = target.name
-        self.metrics = metrics
-        self.policy = RefreshPolicy(target.policy(), rand)
+        policy = RefreshPolicy(target.policy(), rand)
         self.client: TokenSource = client if client is not None else UpstreamClient(target)
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        super().__init__(target, policy, clock if clock is not None else SystemClock(),
+                         ledger if ledger is not None else Ledger.open(None, 0.0))
+        self.metrics = metrics
         self.log = get_logger(target=target.name)
         self.first_attempt_done = asyncio.Event()
         self.sink = _token_file(target)
         self._secret: Secret | None = None  # read for the login about to be made
-        self.ledger = ledger if ledger is not None else Ledger.open(None, 0.0)
         self._secret_id: str | None = None  # the ledger's id of the secret last read
         self._restored = False  # the ledger was consulted for this keeper's first secret
         self._secret_stamp: object = None
         self._busy_since: float | None = None
-        self._wake = asyncio.Event()
-        self._token_changed = asyncio.Event()
-        self._news: asyncio.Future[None] | None = None  # created when first asked for (news())
-        self.retired = False  # stopped: removed or replaced by a reload, or tokend is stopping
         self._task: asyncio.Task[None] | None = None
 
     # -- life -----------------------------------------------------------------------------------
@@ -164,16 +129,7 @@ class Keeper:
         self._perform_now(self.policy.reconfigure(now, target.policy()))
         self._wake.set()
 
-    # -- what the server and the daemon read ----------------------------------------------------
-
-    @property
-    def state(self) -> State:
-        """The state of SPEC §4."""
-        return self.policy.state(self.clock.monotonic())
-
-    def current(self, now: float) -> ServedToken | None:
-        """The token to serve at ``now``, or None. Never an expired one."""
-        return self.policy.valid_token(now)
+    # -- what the daemon reads ------------------------------------------------------------------
 
     def stuck(self, now: float) -> bool:
         """True when one step has taken longer than any upstream call may (healthz, watchdog)."""
@@ -181,135 +137,6 @@ class Keeper:
             return True
         limit = 2 * self.target.request_timeout + STUCK_GRACE
         return self._busy_since is not None and now - self._busy_since > limit
-
-    def next_refresh_in(self, now: float) -> float | None:
-        """Seconds to the next upstream call, or None when none is planned."""
-        return self.policy.next_call_in(now)
-
-    def last_error(self, now: float, wall: float) -> dict[str, Any] | None:
-        """``lastError`` of SPEC §4, or None."""
-        failure = self.policy.last_failure
-        return None if failure is None else error_dict(failure.error, wall - (now - failure.at))
-
-    def status(self, now: float, wall: float) -> dict[str, Any]:
-        """This target's entry of ``GET /v1/status``."""
-        served = self.current(now)
-        next_in = self.next_refresh_in(now)
-        last_at = self.policy.last_token_at
-        return {
-            "name": self.name,
-            "url": self.target.url,
-            "state": self.policy.state(now),
-            "expiresAt": iso_utc(served.expires_wall) if served else None,
-            "expiresIn": served.expires_in(now) if served else None,
-            "lastRefreshAt": iso_utc(wall - (now - last_at)) if last_at is not None else None,
-            "nextRefreshAt": iso_utc(wall + next_in) if next_in is not None else None,
-            "consecutiveFailures": self.policy.failures,
-            "lastError": self.last_error(now, wall),
-            "lockout": self._lockout(wall),
-        }
-
-    def news(self) -> asyncio.Future[None]:
-        """A future resolved at this keeper's next publish, withdraw or retire (SPEC §10.1).
-
-        One future shared by every waiter, however many (:class:`tokend.watch.Watches` puts one
-        callback on it for all its watches): never cancel it, nor await it from a task that may be
-        cancelled. Once the keeper is retired it is resolved.
-        """
-        news = self._news
-        if news is None:
-            news = self._news = asyncio.get_running_loop().create_future()
-            if self.retired:
-                news.set_result(None)
-        return news
-
-    def _announce(self) -> None:
-        """Wake everyone waiting on :meth:`news`; the next caller gets a fresh future."""
-        news = self._news
-        if self.retired:
-            if news is not None and not news.done():
-                news.set_result(None)
-            return  # stays resolved: a watch that starts now must not wait
-        self._news = None
-        if news is not None and not news.done():
-            news.set_result(None)
-
-    def _lockout(self, wall: float) -> dict[str, Any] | None:
-        """The recorded rejections of this target that outlive a restart (SPEC §8.9), or None."""
-        record = self.ledger.record(self.name)
-        if record is None or not record.live(wall):
-            return None
-        return {"rejections": record.rejections, "expiresAt": iso_utc(record.expires_at())}
-
-    # -- consumer requests ----------------------------------------------------------------------
-
-    def unavailable(self, now: float) -> ServeError:
-        """The 503 for a request that finds no valid token."""
-        state = self.policy.state(now)
-        err = self.last_error(now, self.clock.time()) or {}
-        if state == "credentials_rejected":
-            remediation_text = ("The upstream rejected this target's credentials; fix the secret"
-                                " (tokend notices within 30 s) or send SIGHUP")
-        else:
-            remediation_text = err.get("remediationMessage") or "Retry after the Retry-After interval"
-        next_in = self.next_refresh_in(now)
-        return ServeError(503, "TOKEN_UNAVAILABLE",
-                          f"no valid token for target '{self.name}' (state {state})"
-                          + (f"; last error: {err['message']}" if err.get("message") else ""),
-                          remediation_text, err.get("referenceToken"),
-                          retry_after=max(1.0, next_in if next_in is not None else 30.0))
-
-    async def token(self, min_ttl: float | None = None) -> ServedToken:
-        """The current token, one valid for at least ``min_ttl`` s (refreshing if need be)."""
-        now = self.clock.monotonic()
-        served = self.current(now)
-        if min_ttl is None:
-            if served is None:
-                raise self.unavailable(now)
-            return served
-        held = self.policy.token
-        if held is not None and min_ttl >= held.lifetime:
-            raise ServeError(400, "BAD_REQUEST",
-                             f"min_ttl={min_ttl:g} cannot be met: the upstream's tokens for target"
-                             f" '{self.name}' are served for {held.lifetime:.0f} s",
-                             f"Ask for a min_ttl below {math.floor(held.lifetime)}")
-        if served is not None and served.remaining(now) >= min_ttl:
-            return served
-        self._report(now, None, refused=False, reason="min_ttl")
-        found = await self._wait_for(lambda s: s.remaining(self.clock.monotonic()) >= min_ttl)
-        if found is None:
-            raise ServeError(503, "TOKEN_BELOW_MIN_TTL",
-                             f"no token for target '{self.name}' valid for {min_ttl:g} s more",
-                             "Retry later, or ask for a smaller min_ttl", retry_after=5.0)
-        return found
-
-    async def invalidate(self, token_fingerprint: str) -> ServedToken:
-        """A consumer got 401 with ``token_fingerprint``: answer a newer token (one refresh)."""
-        now = self.clock.monotonic()
-        served = self.current(now)
-        if served is not None and served.fingerprint != token_fingerprint:
-            return served
-        if served is not None:
-            self._report(now, token_fingerprint, refused=True, reason="invalidate")
-        found = await self._wait_for(lambda s: s.fingerprint != token_fingerprint)
-        if found is None:
-            raise self.unavailable(self.clock.monotonic())
-        return found
-
-    def _report(self, now: float, token_fingerprint: str | None, refused: bool, reason: str) -> None:
-        self.policy.consumer_refresh(now, token_fingerprint, refused=refused, reason=reason)
-        self._wake.set()  # the machine may have news: a refresh due, a deferral, a verdict
-
-    async def _wait_for(self, good: Callable[[ServedToken], bool]) -> ServedToken | None:
-        deadline = self.clock.monotonic() + self.target.request_timeout
-        while True:
-            now = self.clock.monotonic()
-            served = self.current(now)
-            if served is not None and good(served):
-                return served
-            if now >= deadline:
-                return None
-            await self.clock.wait(self._token_changed, deadline)
 
     # -- the driver -----------------------------------------------------------------------------
 
@@ -448,9 +275,7 @@ class Keeper:
         m.valid.set(1)
         if self.sink is not None:
             self._sink_write(token, now)
-        self._token_changed.set()
-        self._token_changed = asyncio.Event()
-        self._announce()
+        self._published()
 
     async def _check_secret(self, login: bool) -> None:
         """Read the secret for a login, or every 30 s when its source changed; TLS material too."""

@@ -25,7 +25,8 @@ from tokend.errors import ConfigError, CredentialsRejected, UpstreamError
 from tokend.ledger import Ledger
 from tokend.logs import REDACTOR
 from tokend.secrets import read_secret
-from tokend.upstream import PinnedFingerprints, UpstreamClient, tls_setting
+from tokend.upstream import UpstreamClient
+from tokend.upstream_tls import PinnedFingerprints, tls_setting
 from tokend.values import format_duration, format_pin
 
 Say = Callable[[str], None]
@@ -130,7 +131,7 @@ async def _check_tls(target: TargetConfig, host: str, port: int, say: Say) -> bo
 
 
 async def _presented(target: TargetConfig) -> str:
-    from tokend.upstream import presented_fingerprint
+    from tokend.upstream_tls import presented_fingerprint
 
     return await presented_fingerprint(target.url, target.request_timeout) or "an unreadable one"
 

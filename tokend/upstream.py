@@ -3,23 +3,19 @@
 Every failure leaves this module as one of the errors in :mod:`tokend.errors`; nothing from aiohttp,
 ssl, json or Unicode escapes. Redirects are never followed: a 3xx on ``POST /v1/tokens`` could carry
 the password to another host, so it is an invalid response. Answers are checked at the door
-(SPEC §8.2): an access token must be a compact JWS, a refresh token id a string or ``{"id": ...}``.
+(SPEC §8.2, :mod:`tokend.upstream_answers`); how the server is trusted is :mod:`tokend.upstream_tls`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import hashlib
 import json
-import re
 import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -30,27 +26,29 @@ from tokend.errors import (
     InvalidResponse,
     RefreshTokenGone,
     TransientError,
-    UpstreamDetail,
     UpstreamError,
 )
 from tokend.jwtinfo import Claims, decode_claims
 from tokend.names import BodyForm, Operation
 from tokend.secrets import Secret
-from tokend.trust import ca_context, read_ca_file
-from tokend.values import format_pin, pin_digest
+from tokend.trust import read_ca_file
+from tokend.upstream_answers import (
+    checked_access_token,
+    encodable,
+    parse_date,
+    parse_detail,
+    parse_retry_after,
+    refresh_token_id,
+)
+from tokend.upstream_tls import one_line, presented_fingerprint, tls_detail, tls_reason, tls_setting
+from tokend.values import format_pin
 
 LOGIN_PATH = "/v1/tokens"
 REFRESH_PATH = "/v1/tokens/access-token/refresh"
 REVOKE_PATH = "/v1/tokens/refresh-token"
 MAX_BODY = 1 << 20  # an access token is a few KiB; anything near this is not an SDDC Manager
-MAX_DETAIL_CHARS = 1000
 MAX_ERROR_BODY = 64 << 10  # what is read of an error answer: enough for any Error object
-MAX_ACCESS_TOKEN = 16 * 1024  # bytes (ASCII once it is a JWS); the vendor's is under 2 KiB
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-
-
-# Compact JWS (RFC 7515 §7.1): header and payload base64url, non-empty; the signature may be empty.
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -83,115 +81,6 @@ class _Response:
     sent_wall: float
     received_wall: float
     duration: float
-
-
-class PinnedFingerprints(aiohttp.Fingerprint):
-    """Accept a server whose leaf certificate matches any pin (a list stages a rotation)."""
-
-    def __init__(self, pins: tuple[str, ...]) -> None:
-        digests = {pin_digest(p) for p in pins}
-        super().__init__(next(iter(digests)))
-        self._digests = digests
-
-    def check(self, transport: asyncio.Transport) -> None:
-        """Raise ServerFingerprintMismatch unless the presented leaf is pinned."""
-        sslobj = transport.get_extra_info("ssl_object")
-        if sslobj is None:
-            return
-        der = sslobj.getpeercert(binary_form=True)
-        got = hashlib.sha256(der).digest()
-        if got not in self._digests:
-            host, port, *_ = transport.get_extra_info("peername")
-            raise aiohttp.ServerFingerprintMismatch(self.fingerprint, got, host, port)
-
-
-def tls_setting(target: TargetConfig,
-                ca_pem: bytes | None = None) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
-    """What aiohttp's ``ssl=`` gets: pins, no verification, or system CAs plus ``ca_file``.
-
-    ``ca_pem`` is the ``ca_file`` content when the caller has read it already (read here if not).
-    Raises ConfigError naming the target's ``ca_file`` key if that cannot be read or loaded.
-    """
-    if target.tls_fingerprint:
-        return PinnedFingerprints(target.tls_fingerprint)
-    if not target.verify_tls:
-        return False
-    if target.ca_file is None:
-        return ssl.create_default_context()
-    key = target.key("ca_file")
-    if ca_pem is None:
-        ca_pem = read_ca_file(target.ca_file, key)
-    return ca_context(ca_pem, target.ca_file, key)
-
-
-def parse_detail(body: bytes) -> UpstreamDetail:
-    """The operator-relevant fields of an upstream ``Error`` body, if it is one."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
-        return UpstreamDetail()
-    if not isinstance(data, dict):
-        return UpstreamDetail()
-
-    def text(key: str) -> str | None:
-        value = data.get(key)
-        if value is None or isinstance(value, dict | list):
-            return None
-        return str(value)[:MAX_DETAIL_CHARS]
-
-    return UpstreamDetail(
-        error_code=text("errorCode"),
-        message=text("message"),
-        remediation_message=text("remediationMessage"),
-        reference_token=text("referenceToken"),
-    )
-
-
-def parse_retry_after(value: str | None, now_wall: float) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():  # str.isdigit() is also true for '²', which float() refuses
-        return float(value)
-    try:
-        # A date without a zone is local time; near year 1 or 9999 it has no timestamp.
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return max(0.0, when - now_wall)
-
-
-def parse_date(value: str | None) -> float | None:
-    """Epoch seconds from an HTTP ``Date`` header, or None."""
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-async def presented_fingerprint(url: str, timeout: float) -> str | None:
-    """Connect without verification just to read the leaf certificate the server presents."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, parts.port or 443, ssl=context, server_hostname=host),
-            timeout,
-        )
-    except (OSError, TimeoutError, ssl.SSLError):
-        return None
-    try:
-        sslobj = writer.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        return format_pin(hashlib.sha256(der).digest()) if der else None
-    finally:
-        writer.close()
 
 
 @dataclass(eq=False)
@@ -368,19 +257,19 @@ class UpstreamClient:
             presented = format_pin(exc.got)
             raise TransientError(
                 f"{operation}: TLS certificate {presented} matches no tls_fingerprint pin",
-                outcome="tls_error", detail=_tls_detail(presented)) from None
+                outcome="tls_error", detail=tls_detail(presented)) from None
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
             pin = await presented_fingerprint(self.target.url, self.target.request_timeout)
             raise TransientError(
-                f"{operation}: TLS handshake failed ({_one_line(_tls_reason(exc))}); the server presented"
+                f"{operation}: TLS handshake failed ({one_line(tls_reason(exc))}); the server presented"
                 f" certificate {pin or 'unknown'}",
-                outcome="tls_error", detail=_tls_detail(pin)) from None
+                outcome="tls_error", detail=tls_detail(pin)) from None
         except TimeoutError:
             raise TransientError(
                 f"{operation}: no answer within {self.target.request_timeout:g}s",
                 outcome="timeout") from None
         except aiohttp.ClientError as exc:
-            raise TransientError(f"{operation}: {type(exc).__name__}: {_one_line(str(exc))}",
+            raise TransientError(f"{operation}: {type(exc).__name__}: {one_line(str(exc))}",
                                  outcome="network_error") from None
         except OSError as exc:
             raise TransientError(f"{operation}: {type(exc).__name__}: {exc.strerror or exc}",
@@ -395,9 +284,9 @@ class UpstreamClient:
         data = _json(response, "login")
         if not isinstance(data, dict):
             raise InvalidResponse("login: the answer is not a TokenPair object")
-        refresh_id = _refresh_id(data.get("refreshToken"))
+        refresh_id = refresh_token_id(data.get("refreshToken"))
         try:
-            access = _access_token(data.get("accessToken"), "login", "accessToken")
+            access = checked_access_token(data.get("accessToken"), "login", "accessToken")
             return self._issued(response, access, refresh_id)
         except InvalidResponse as exc:
             if refresh_id is None:
@@ -409,7 +298,7 @@ class UpstreamClient:
         data = _json(response, "refresh")
         if not isinstance(data, str):
             raise InvalidResponse("refresh: the answer is not the access token as a JSON string")
-        return self._issued(response, _access_token(data, "refresh", "access token"), None)
+        return self._issued(response, checked_access_token(data, "refresh", "access token"), None)
 
     def _issued(self, response: _Response, access: str, refresh_id: str | None) -> Issued:
         return Issued(
@@ -468,45 +357,8 @@ async def _read_error_body(resp: aiohttp.ClientResponse, deadline: float) -> byt
     return bytes(data)
 
 
-def _access_token(value: object, operation: str, name: str) -> str:
-    """``value`` trimmed, if it is a compact JWS of at most MAX_ACCESS_TOKEN; else InvalidResponse."""
-    if not isinstance(value, str):
-        raise InvalidResponse(f"{operation}: the answer has no {name} string")
-    token = value.strip()
-    if not token:
-        raise InvalidResponse(f"{operation}: the {name} is empty")
-    if len(token) > MAX_ACCESS_TOKEN:
-        raise InvalidResponse(f"{operation}: the {name} is longer than {MAX_ACCESS_TOKEN} bytes")
-    if not _COMPACT_JWS.fullmatch(token):
-        raise InvalidResponse(
-            f"{operation}: the {name} is not a compact JWS (three base64url parts separated by"
-            " dots, with no whitespace or line break inside)")
-    return token
-
-
-def _refresh_id(value: object) -> str | None:
-    """The id of a TokenPair's ``refreshToken``: ``{"id": "<id>"}``, a bare id, or absent/null."""
-    if value is None:
-        return None
-    refresh_id = value.get("id") if isinstance(value, dict) else value
-    if not isinstance(refresh_id, str) or not refresh_id:
-        raise InvalidResponse('login: the answer\'s refreshToken is neither {"id": "<id>"}, a'
-                              " non-empty string, nor absent")
-    if not _encodable(refresh_id):  # a lone surrogate from a JSON escape could not be sent back
-        raise InvalidResponse("login: the answer's refresh token id is not valid Unicode text")
-    return refresh_id
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _refresh_body(form: BodyForm, refresh_id: str) -> bytes:
-    if not _encodable(refresh_id):  # login refuses such an id; this keeps UnicodeError inside
+    if not encodable(refresh_id):  # login refuses such an id; this keeps UnicodeError inside
         raise RefreshTokenGone("the refresh token id is not valid Unicode text and cannot be sent")
     return (json.dumps(refresh_id) if form == "json_string" else refresh_id).encode()
 
@@ -516,27 +368,3 @@ def _json(response: _Response, operation: str) -> Any:
         return json.loads(response.body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise InvalidResponse(f"{operation}: the answer is not JSON") from None
-
-
-def _tls_reason(exc: BaseException) -> str:
-    """Why a handshake failed, e.g. ``certificate verify failed: unable to get local issuer certificate``.
-
-    aiohttp wraps the ``ssl`` error (``certificate_error`` for a verification failure, ``os_error``
-    otherwise) and has no ``reason`` of its own.
-    """
-    cause = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
-    verify_message = getattr(cause, "verify_message", None)
-    if verify_message:
-        return f"certificate verify failed: {verify_message}"
-    return str(getattr(cause, "reason", None) or type(exc).__name__)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:300]
-
-
-def _tls_detail(presented: str | None) -> UpstreamDetail:
-    fix = ("Trust the issuing CA with ca_file, or pin the certificate with"
-           f" tls_fingerprint = \"{presented}\" once you have verified it out of band"
-           if presented else "Check ca_file / tls_fingerprint and the server's certificate")
-    return UpstreamDetail(error_code="TLS_ERROR", remediation_message=fix)

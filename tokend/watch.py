@@ -23,7 +23,8 @@ import asyncio
 import math
 import re
 
-from tokend.keeper import Keeper, ServedToken, ServeError
+from tokend.keeper import Keeper
+from tokend.serving import ServedToken, ServeError
 
 #: Deadlines are shared per slot of this many seconds: a watch that runs its full ``wait`` is
 #: answered at most this much late.

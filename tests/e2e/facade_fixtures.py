@@ -21,7 +21,7 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.e2e.proxy_fixtures import PROXY_SOCKET, proxy_table
+from tests.e2e.proxy_fixtures import PROXY_SOCKET, Proxied, proxy_table
 from tests.support import Answer, Tokend, Upstream, eventually
 from tokend.proxy.localtoken import SessionKeys
 
@@ -51,20 +51,14 @@ def write_session_key(path: Path) -> Path:
 
 
 @dataclass
-class Facaded:
-    """tokend with a Unix socket and an HTTPS listener for ``t1``, and the fake behind it."""
+class Facaded(Proxied):
+    """tokend with a Unix socket and an HTTPS listener for ``t1``, and the fake behind it;
+    :meth:`request` goes to the HTTPS listener, :meth:`unix` to the socket."""
 
-    tokend: Tokend
-    upstream: Upstream
-    socket: Path
     users_file: Path
     key_file: Path
     ca_file: Path
     port: int
-
-    @property
-    def fake(self) -> Any:
-        return self.upstream.fake
 
     @property
     def url(self) -> str:
@@ -77,10 +71,6 @@ class Facaded:
     def ssl_context(self) -> ssl.SSLContext:
         """A client context trusting only ``<state_dir>/proxy-ca.pem``."""
         return ssl.create_default_context(cafile=str(self.ca_file))
-
-    def forwarded(self) -> list[Any]:
-        """The calls that reached the fake other than tokend's own token calls."""
-        return [c for c in self.fake.calls if c.operation not in ("login", "refresh", "revoke")]
 
     async def request(self, method: str, path: str, body: Any = None,
                       headers: dict[str, str] | None = None, timeout: float = 30.0) -> Answer:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,20 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Tokend, Upstream, assert_no_secrets, eventually, free_port, write_config
+from tests.support import (
+    MakeTokend,
+    MakeUpstream,
+    Tokend,
+    Upstream,
+    assert_no_secrets,
+    eventually,
+    free_port,
+    in_state,
+    state,
+    write_config,
+)
 from tokend.testing.fake_sddc import CallRecord, FakeSddc
 from tokend.testing.faults import MalformedKind
-
-MakeUpstream = Callable[..., Awaitable[Upstream]]
-MakeTokend = Callable[..., Awaitable[Tokend]]
 
 SLACK = 0.5
 ARRIVAL = 0.3
@@ -102,11 +110,6 @@ async def assert_alive(tokend: Tokend) -> None:
     assert (await tokend.get("/healthz")).status == 200
 
 
-async def state(tokend: Tokend) -> str:
-    value: str = (await tokend.status())["state"]
-    return value
-
-
 def gaps(calls: list[CallRecord]) -> list[float]:
     return [b.at - a.at for a, b in itertools.pairwise(calls)]
 
@@ -158,10 +161,6 @@ async def check_capped(make_upstream: MakeUpstream, make_tokend: MakeTokend,
     assert fake.count("login") == 1
     assert not errors_logged(tokend), errors_logged(tokend)
     await assert_alive(tokend)
-
-
-async def in_state(tokend: Tokend, wanted: str) -> bool:
-    return await state(tokend) == wanted
 
 
 async def served_other(tokend: Tokend, fingerprint: str) -> dict[str, Any] | None:
@@ -256,12 +255,18 @@ async def test_non_utf8_secret_exits_2_naming_the_key(
 # -- §8.5 consumer refreshes ------------------------------------------------------------------
 
 
+async def unrefreshed(make_upstream: MakeUpstream, make_tokend: MakeTokend,
+                      request_timeout: str) -> tuple[FakeSddc, Tokend]:
+    """A fake with 120-second tokens (no scheduled refresh during the test) and tokend on it."""
+    upstream = await make_upstream(access_ttl=120)
+    tokend = await make_tokend(upstream.url, upstream.ca_pem,
+                               target={"request_timeout": request_timeout})
+    return upstream.fake, tokend
+
+
 async def test_invalidate_of_brand_new_token_is_deferred_not_dropped(
         make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
-    upstream = await make_upstream(access_ttl=120)  # no scheduled refresh during the test
-    fake = upstream.fake
-    tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                               target={"request_timeout": "15s"})
+    fake, tokend = await unrefreshed(make_upstream, make_tokend, request_timeout="15s")
     token = await tokend.token()
     issued = fake.calls_of("login", 201)[0].at
     assert time.monotonic() - issued < 4, "the token is no longer brand new"
@@ -282,10 +287,7 @@ async def test_invalidate_of_brand_new_token_is_deferred_not_dropped(
 
 async def test_three_refused_brand_new_tokens_stop_consumer_refreshes(
         make_upstream: MakeUpstream, make_tokend: MakeTokend) -> None:
-    upstream = await make_upstream(access_ttl=120)  # no scheduled refresh during the test
-    fake = upstream.fake
-    tokend = await make_tokend(upstream.url, upstream.ca_pem,
-                               target={"request_timeout": "12s"})
+    fake, tokend = await unrefreshed(make_upstream, make_tokend, request_timeout="12s")
     # Each new token is reported refused at once: the refreshes are deferred (5 s after a token,
     # 10 s after the previous consumer refresh) but made, until the third report.
     for report in range(3):

@@ -36,7 +36,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +47,20 @@ from cryptography import x509
 
 from tests.support import (
     TLS,
+    MakeTokend,
+    MakeUpstream,
     NotifyListener,
     Tokend,
     Upstream,
     assert_one_line_error,
     eventually,
+    in_state,
+    last_error,
+    state,
     write_config,
 )
 from tokend.testing.fake_sddc import CallRecord, FakeSddc
 from tokend.testing.faults import DropWhen, MalformedKind
-
-MakeUpstream = Callable[..., Awaitable[Upstream]]
-MakeTokend = Callable[..., Awaitable[Tokend]]
 
 # A scheduled call starts late by the event loop's latency and the request's own time (a TLS
 # handshake on a fresh connection, a few ms), never early. On a busy CI machine that stays well
@@ -84,20 +86,6 @@ async def assert_up(tokend: Tokend) -> None:
     assert (await tokend.get("/healthz")).status == 200
     assert not tokend.events("keeper.crashed"), tokend.events("keeper.crashed")
     assert "Traceback" not in tokend.stderr(), tokend.stderr()
-
-
-async def state(tokend: Tokend) -> str:
-    value: str = (await tokend.status())["state"]
-    return value
-
-
-async def in_state(tokend: Tokend, wanted: str) -> bool:
-    return await state(tokend) == wanted
-
-
-async def last_error(tokend: Tokend) -> dict[str, Any] | None:
-    error: dict[str, Any] | None = (await tokend.status())["lastError"]
-    return error
 
 
 # -- (2) the consumer ---------------------------------------------------------------------------
@@ -210,6 +198,14 @@ async def consuming(tokend: Tokend, fake: FakeSddc, **kwargs: Any) -> AsyncItera
     finally:
         await consumer.stop()
     consumer.assert_clean()
+
+
+async def assert_recovered(tokend: Tokend, consumer: Consumer, since: float) -> None:
+    """After a fault: the state is valid again within 3 s, (1) holds, and every consumer request
+    since ``since`` was served."""
+    await eventually(lambda: in_state(tokend, "valid"), timeout=3, what="state valid")
+    await assert_up(tokend)
+    assert set(consumer.statuses(since=since)) == {200}
 
 
 # -- (3) bounds on upstream calls -----------------------------------------------------------------
@@ -355,9 +351,7 @@ async def test_fault_5xx_storm(make_upstream: MakeUpstream, make_tokend: MakeTok
         fake.faults.fail_next("any", 503, count=20)
         await eventually(lambda: fake.count("refresh", 200) >= 1, timeout=20,
                          what="the first success after the storm")
-        await eventually(lambda: in_state(tokend, "valid"), timeout=3, what="state valid")
-        await assert_up(tokend)
-        assert set(consumer.statuses(since=ready_at)) == {200}
+        await assert_recovered(tokend, consumer, since=ready_at)
 
     storm = calls_of(fake)[1:22]
     assert summary(storm) == ([("refresh", 503)] * 3 + [("login", 503)]) * 5 + [("refresh", 200)]
@@ -390,9 +384,7 @@ async def test_fault_429_with_retry_after(make_upstream: MakeUpstream, make_toke
         ready_at = time.monotonic()
         await eventually(lambda: fake.count("refresh", 200) >= 1, timeout=12,
                          what="the refresh after two 429s")
-        await eventually(lambda: in_state(tokend, "valid"), timeout=3, what="state valid")
-        await assert_up(tokend)
-        assert set(consumer.statuses(since=ready_at)) == {200}
+        await assert_recovered(tokend, consumer, since=ready_at)
 
     login, first, second, third = calls_of(fake)[:4]
     assert summary([login, first, second, third]) == [
@@ -439,9 +431,7 @@ async def test_fault_timeouts(make_upstream: MakeUpstream, make_tokend: MakeToke
         off_at = time.monotonic()
         await eventually(lambda: any(c.status in (200, 201) for c in calls_between(fake, off_at)),
                          timeout=2 * timeout + 1.5 + SLACK * 2, what="a success after the fault")
-        await eventually(lambda: in_state(tokend, "valid"), timeout=3, what="state valid")
-        await assert_up(tokend)
-        assert set(consumer.statuses(since=ready_at)) == {200}
+        await assert_recovered(tokend, consumer, since=ready_at)
 
     events = failures(tokend)
     assert {e["outcome"] for e in events} == {"timeout"}, events
@@ -473,9 +463,7 @@ async def test_fault_connection_dropped_mid_response(
         fake.faults.drop_next("any", count=4, when=when)
         await eventually(lambda: fake.count("refresh", 200) >= 1, timeout=12,
                          what="a refresh after the drops")
-        await eventually(lambda: in_state(tokend, "valid"), timeout=3, what="state valid")
-        await assert_up(tokend)
-        assert set(consumer.statuses(since=ready_at)) == {200}
+        await assert_recovered(tokend, consumer, since=ready_at)
 
     calls = calls_of(fake)[1:6]
     assert summary(calls) == [("refresh", 0)] * 3 + [("login", 0), ("refresh", 200)], summary(calls)
@@ -603,9 +591,7 @@ async def check_unusable_answers(make_upstream: MakeUpstream, make_tokend: MakeT
         ready_at = time.monotonic()
         await eventually(lambda: tokend.events("token.refreshed"), timeout=8,
                          what="a refresh after the unusable one")
-        await eventually(lambda: in_state(tokend, "valid"), timeout=3, what="state valid")
-        await assert_up(tokend)
-        assert set(consumer.statuses(since=ready_at)) == {200}
+        await assert_recovered(tokend, consumer, since=ready_at)
         assert await last_error(tokend) is None
 
     # A refused login answer that carried a refresh id has that session revoked (SPEC §8.2).

@@ -14,24 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from tests.support import (
-    PASSWORD,
     Tokend,
     Upstream,
     assert_no_secrets,
     assert_one_line_error,
     clean_env,
+    cli,
     eventually,
     parse_events,
-    run_cli,
     tokend_argv,
     write_config,
 )
-
-
-async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    done = await asyncio.to_thread(run_cli, *args, env=env)
-    assert PASSWORD not in done.stdout + done.stderr, "password printed"
-    return done
 
 
 def tokens_dir(workdir: Path) -> Path:

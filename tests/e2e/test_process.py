@@ -24,22 +24,12 @@ from tests.support import (
     assert_no_secrets,
     assert_one_line_error,
     clean_env,
+    cli,
     eventually,
     run_cli,
     tokend_argv,
     write_config,
 )
-
-# -- helpers -----------------------------------------------------------------------------------
-
-
-async def cli(*args: str, env: dict[str, str] | None = None,
-              timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """``tokend ARGS`` in a thread, so the fake upstream in this loop keeps answering."""
-    done = await asyncio.to_thread(run_cli, *args, env=env, timeout=timeout)
-    assert PASSWORD not in done.stdout and PASSWORD not in done.stderr, "password printed"
-    return done
-
 
 # -- 7 -----------------------------------------------------------------------------------------
 

@@ -15,18 +15,25 @@ import re
 import signal
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trustme
 from aiohttp import web
 
-from tests.support import PASSWORD, TLS, Tokend, Upstream, eventually
+from tests.support import (
+    PASSWORD,
+    TLS,
+    MakeTokend,
+    MakeUpstream,
+    Tokend,
+    Upstream,
+    eventually,
+    in_state,
+    last_error,
+)
 from tokend.testing.fake_sddc import CallRecord, FakeSddc
-
-MakeUpstream = Callable[..., Awaitable[Upstream]]
-MakeTokend = Callable[..., Awaitable[Tokend]]
 
 WRONG_PASSWORD = "Not-the-Passw0rd-for-tests!"
 REFERENCE_TOKEN = re.compile(r"[A-Z0-9]{6}")
@@ -86,16 +93,6 @@ async def consume_until(tokend: Tokend, fake: FakeSddc, done: Callable[[], bool]
             return served
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
         await asyncio.sleep(interval)
-
-
-async def last_error(tokend: Tokend) -> dict[str, Any] | None:
-    error: dict[str, Any] | None = (await tokend.status())["lastError"]
-    return error
-
-
-async def in_state(tokend: Tokend, wanted: str) -> bool:
-    state: str = (await tokend.status())["state"]
-    return state == wanted
 
 
 async def no_error(tokend: Tokend) -> bool:

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
     async code, so that an upstream in the event loop keeps answering)."""
     return subprocess.run(tokend_argv(*args), capture_output=True, text=True, timeout=timeout,
                           env=env or clean_env(), check=False)
+
+
+async def cli(*args: str, env: dict[str, str] | None = None,
+              timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """:func:`run_cli` in a thread, so that an upstream in this event loop keeps answering; the
+    configs' :data:`PASSWORD` must not appear in what the command printed."""
+    done = await asyncio.to_thread(run_cli, *args, env=env, timeout=timeout)
+    assert PASSWORD not in done.stdout + done.stderr, "password printed"
+    return done
 
 
 def assert_one_line_error(stderr: str, *names: str) -> None:
@@ -205,6 +214,10 @@ class Tokend:
         """The log events so far, only those called ``name`` if given."""
         return self.log.events(name)
 
+
+
+# The ``make_tokend`` fixture: the upstream's URL and CA in, a started :class:`Tokend` out.
+MakeTokend = Callable[..., Awaitable[Tokend]]
 
 
 def configured_tokend(workdir: Path, url: str, ca_pem: Path | None = None, *,

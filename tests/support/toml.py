@@ -3,8 +3,9 @@
 Enough of TOML for a tokend config: tables, arrays of tables, strings (and paths), booleans,
 integers, floats, arrays, and inline tables for tables nested in a table (``file_sink = { ... }``).
 Strings are always basic strings with every character TOML requires escaped, so a path or a
-password with quotes, backslashes or control characters reads back as written. No dates, no
-comments, no formatting choices: the output is meant to be read by ``tomllib``, not by people.
+password with quotes, backslashes or control characters reads back as written. Dates and times
+are written in their ISO form. No comments, no formatting choices: the output is meant to be read
+by ``tomllib``, not by people.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
+from datetime import date, datetime, time
 from typing import Any
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -66,6 +68,8 @@ def value(item: Any) -> str:
         return string(item)
     if isinstance(item, os.PathLike):
         return string(os.fspath(item))
+    if isinstance(item, datetime | date | time):
+        return item.isoformat()
     if isinstance(item, Mapping):
         return "{ " + ", ".join(f"{key(k)} = {value(v)}" for k, v in item.items()) + " }" \
             if item else "{}"

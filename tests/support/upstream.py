@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,10 @@ class Upstream:
     url: str
     ca_pem: Path
     runner: Any
+
+
+# The ``make_upstream`` fixture: ``FakeSddc`` keywords in, a started :class:`Upstream` out.
+MakeUpstream = Callable[..., Awaitable[Upstream]]
 
 
 async def start_upstream(fake: FakeSddc, tls: TLS) -> Upstream:

@@ -13,7 +13,6 @@ import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
 
 from tokend.config.keys import LOG_KEYS, METRICS_KEYS, SERVER_KEYS, TOP_KEYS, check_keys
 from tokend.config.model import (
@@ -25,18 +24,17 @@ from tokend.config.model import (
     ServerConfig,
     TargetConfig,
 )
-from tokend.config.proxy import MAX_SOCKET_PATH, parse_proxies
+from tokend.config.proxy import parse_proxies
+from tokend.config.sockets import allow_lists, mode_and_group, socket_path
+from tokend.config.tables import array_of_tables, table
 from tokend.config.target import parse_target
 from tokend.errors import ConfigError
 from tokend.secrets import read_secret
 from tokend.values import (
     as_abs_path,
     as_choice,
-    as_group_name,
     as_host_port,
-    as_id_set,
     as_int,
-    as_mode,
     as_string,
     format_duration,
     parse_duration,
@@ -128,9 +126,9 @@ def parse_config(data: Mapping[str, object], path: Path, *, file_mode: int) -> C
     ``file_mode`` decides whether literal ``password``/``api_key`` values are accepted.
     """
     check_keys(data, "", TOP_KEYS)
-    server_data = _table(data, "server")
-    metrics_data = _table(data, "metrics")
-    log_data = _table(data, "log")
+    server_data = table(data, "server")
+    metrics_data = table(data, "metrics")
+    log_data = table(data, "log")
     check_keys(server_data, "server", SERVER_KEYS)
     check_keys(metrics_data, "metrics", METRICS_KEYS)
     check_keys(log_data, "log", LOG_KEYS)
@@ -152,29 +150,12 @@ def check_secrets(config: Config) -> None:
         read_secret(target.secret)
 
 
-def _table(data: Mapping[str, object], key: str) -> Mapping[str, object]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"expected a table, got {type_name(value)}",
-                          f"write it as a [{key}] table")
-    return cast(Mapping[str, object], value)
-
-
 def _server(data: Mapping[str, object], targets: Sequence[TargetConfig]) -> ServerConfig:
     socket = ServerConfig.socket
     if "socket" in data:
-        socket = as_abs_path(data["socket"], "server.socket")
-        if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
-            raise ConfigError(
-                "server.socket", f"longer than {MAX_SOCKET_PATH} bytes, the limit of a Unix socket",
-                "use a shorter path, e.g. /run/tokend/tokend.sock",
-            )
-    socket_mode = as_mode(data["socket_mode"], "server.socket_mode") if "socket_mode" in data \
-        else ServerConfig.socket_mode
-    group = as_group_name(data["socket_group"], "server.socket_group") \
-        if "socket_group" in data else None
-    uids = as_id_set(data.get("allowed_uids", []), "server.allowed_uids", "uid")
-    gids = as_id_set(data.get("allowed_gids", []), "server.allowed_gids", "gid")
+        socket = socket_path(data["socket"], "server.socket", "/run/tokend/tokend.sock")
+    socket_mode, group = mode_and_group(data, "server", ServerConfig.socket_mode)
+    uids, gids = allow_lists(data, "server", frozenset(), frozenset())
     names = [t.name for t in targets]
     default: str | None = None
     if "default_target" in data:
@@ -254,12 +235,7 @@ def _targets(value: object, path: Path, file_mode: int) -> tuple[TargetConfig, .
     if value is None or value == []:
         raise ConfigError("targets", "at least one [[targets]] table is required",
                           "add a [[targets]] table for each SDDC Manager")
-    if isinstance(value, dict):
-        raise ConfigError("targets", "expected an array of tables, got table",
-                          "write [[targets]], with double brackets")
-    if not isinstance(value, list):
-        raise ConfigError("targets", f"expected an array of tables, got {type_name(value)}",
-                          "write a [[targets]] table for each SDDC Manager")
+    value = array_of_tables(value, "targets", "write a [[targets]] table for each SDDC Manager")
     targets: list[TargetConfig] = []
     seen_names: dict[str, str] = {}
     seen_sinks: dict[Path, str] = {}

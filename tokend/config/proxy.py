@@ -9,7 +9,6 @@ certificate and key, which are loaded the way the listener will load them.
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 from collections.abc import Mapping, Sequence
@@ -17,15 +16,14 @@ from pathlib import Path
 
 from tokend.config.keys import PROXY_KEYS, check_keys
 from tokend.config.model import ProxyConfig, ServerConfig, TargetConfig
+from tokend.config.sockets import allow_lists, mode_and_group, socket_path
+from tokend.config.tables import array_of_tables
 from tokend.errors import ConfigError
 from tokend.values import (
     DURATION_FIX,
     as_abs_path,
-    as_group_name,
     as_host_port,
-    as_id_set,
     as_int,
-    as_mode,
     as_string,
     format_duration,
     is_loopback,
@@ -34,8 +32,6 @@ from tokend.values import (
     type_name,
 )
 
-# The longest a Unix socket path can be (sun_path is 108 bytes including the terminating NUL).
-MAX_SOCKET_PATH = 107
 MIN_LOCAL_TOKEN_LIFETIME = 25 * 60.0  # PowerVCF refreshes when fewer than 2 minutes are left
 MAX_LOCAL_TOKEN_LIFETIME = 24 * 3600.0
 MAX_UPSTREAM_CONNECTIONS = 10_000
@@ -50,12 +46,7 @@ def parse_proxies(value: object, server: ServerConfig,
     """The ``proxies`` array of tables (absent: none), each checked against ``server`` and ``targets``."""
     if value is None:
         return ()
-    if isinstance(value, dict):
-        raise ConfigError("proxies", "expected an array of tables, got table",
-                          "write [[proxies]], with double brackets")
-    if not isinstance(value, list):
-        raise ConfigError("proxies", f"expected an array of tables, got {type_name(value)}",
-                          "write a [[proxies]] table for each target to proxy")
+    value = array_of_tables(value, "proxies", "write a [[proxies]] table for each target to proxy")
     names = [t.name for t in targets]
     proxies: list[ProxyConfig] = []
     by_target: dict[str, str] = {}
@@ -100,23 +91,18 @@ def parse_proxy(data: Mapping[str, object], index: int, server: ServerConfig) ->
     if "target" not in data:
         raise ConfigError(k("target"), "missing", 'add target = "NAME" of a [[targets]] table')
     target = as_string(data["target"], k("target"))
-    socket = _socket(data["socket"], k("socket")) if "socket" in data else None
+    socket = socket_path(data["socket"], k("socket"), "/run/tokend/sfo-vcf01.api.sock") \
+        if "socket" in data else None
     listen = as_host_port(data["listen"], k("listen"), _LISTEN_FIX) if "listen" in data else None
     if socket is None and listen is None:
         raise ConfigError(k("socket"), "missing: a proxy needs a socket or a listen address",
                           'add socket = "/run/tokend/NAME.api.sock"')
-    mode = as_mode(data["socket_mode"], k("socket_mode")) if "socket_mode" in data \
-        else ProxyConfig.socket_mode
-    group = as_group_name(data["socket_group"], k("socket_group")) \
-        if "socket_group" in data else None
+    mode, group = mode_and_group(data, prefix, ProxyConfig.socket_mode)
     if socket is None:
         for name in ("socket_mode", "socket_group", "allowed_uids", "allowed_gids"):
             if name in data:
                 raise ConfigError(k(name), "only used with socket", f"remove {name}, or add socket")
-    uids = as_id_set(data["allowed_uids"], k("allowed_uids"), "uid") if "allowed_uids" in data \
-        else server.allowed_uids
-    gids = as_id_set(data["allowed_gids"], k("allowed_gids"), "gid") if "allowed_gids" in data \
-        else server.allowed_gids
+    uids, gids = allow_lists(data, prefix, server.allowed_uids, server.allowed_gids)
 
     files = {name: as_abs_path(data[name], k(name)) if name in data else None
              for name in ("tls_cert_file", "tls_key_file", "users_file", "session_key_file")}
@@ -176,14 +162,6 @@ def parse_proxy(data: Mapping[str, object], index: int, server: ServerConfig) ->
                                    0.0, MAX_RESPONSE_TIMEOUT, ""),
         socket_mode_set="socket_mode" in data or "socket_group" in data,
     )
-
-
-def _socket(value: object, key: str) -> Path:
-    path = as_abs_path(value, key)
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise ConfigError(key, f"longer than {MAX_SOCKET_PATH} bytes, the limit of a Unix socket",
-                          "use a shorter path, e.g. /run/tokend/sfo-vcf01.api.sock")
-    return path
 
 
 def _tls_names(value: object, key: str) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 The socket is taken like the API socket (:mod:`tokend.listen`: mode at creation, ``flock``, a stale
 file replaced; or systemd's, matched by ``FileDescriptorName=`` = the target's name) and guarded
-by the same gate (:mod:`tokend.server`): a peer outside this proxy's allow-lists gets one 403 at
+by the same gate (:mod:`tokend.gate`): a peer outside this proxy's allow-lists gets one 403 at
 accept, connections count against the daemon's shared limits, the request line and headers must
 arrive within the idle deadline. Request bodies are not capped here: forwarded bodies stream.
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import socket
 import time
@@ -37,10 +36,11 @@ from aiohttp import web
 from tokend.config import ProxyConfig, TargetConfig
 from tokend.errbody import error_response
 from tokend.errors import ConfigError
+from tokend.gate import ConnectionSlots, GatedUnixSite
 from tokend.listen import SocketLock, bind_unix
 from tokend.logs import debug_enabled, get_logger
 from tokend.metrics import ProxyMetrics
-from tokend.peers import Peer, admits, denial_message
+from tokend.proxy.answers import Forwarded
 from tokend.proxy.canon import (
     MUTATING_METHODS,
     Refused,
@@ -50,7 +50,8 @@ from tokend.proxy.canon import (
     parse_request_target,
     route_key,
 )
-from tokend.proxy.forward import Forwarded, Forwarder
+from tokend.proxy.forward import Forwarder
+from tokend.proxy.gate import ProxyGate, caller_of
 from tokend.proxy.seams import (
     CREATE,
     REFRESH,
@@ -63,68 +64,14 @@ from tokend.proxy.seams import (
     UnixPeers,
 )
 from tokend.proxy.tcp import TcpListener
-from tokend.server import IDLE_TIMEOUT, ConnectionSlots, GatedUnixSite, Hub, PeerGate, peer_of_request
+from tokend.server import IDLE_TIMEOUT, Hub
 from tokend.trust import read_ca_file
 from tokend.values import group_id
 
 STOP_GRACE = 5.0  # the default of [server] shutdown_timeout: requests in flight may finish within it
 TRUST_CHECK_INTERVAL = 30.0  # ca_file is re-read like the keeper's (SPEC §8.8); so are the
 # facade's files (SPEC §9.3, §9.7)
-LIMIT_LOG_INTERVAL = 60.0  # proxy.connection_limit: at most once a minute per address
 log = get_logger()
-
-
-class ProxyGate(PeerGate):
-    """The gate of a proxy's socket: its own allow-lists and counters, the daemon's slots."""
-
-    def __init__(self, hub: Hub, proxy: Proxy, slots: ConnectionSlots) -> None:
-        super().__init__(hub, slots)
-        self.proxy = proxy
-        self._limit_logged_by_address: dict[str, float] = {}
-
-    def admit(self, peer: Peer) -> bool:
-        """This proxy's allow-lists, as currently loaded."""
-        return admits(self.proxy.config, peer)
-
-    def denial(self, peer: Peer) -> tuple[str, str]:
-        """The 403 names this proxy's keys."""
-        return denial_message(peer, f"proxies[{self.proxy.config.index}]")
-
-    def count(self, outcome: str) -> None:
-        """Answers at the door: a 503 over the connection limits, else refused."""
-        self.proxy.metrics.request("unavailable" if outcome == "unavailable" else "refused")
-
-    def log_fields(self) -> dict[str, Any]:
-        """Lines of a proxy's gate name its target and socket."""
-        return {"target": self.proxy.name, "socket": str(self.proxy.socket_path)}
-
-    def take_address(self, address: str,
-                     transport: asyncio.BaseTransport) -> tuple[str, str] | None:
-        """A TCP connection from ``address``: counted, or (message, remediation) why not."""
-        server = self.hub.config.server
-        why = self.slots.take_address(address, transport, server.max_connections_per_uid,
-                                      server.max_connections)
-        if why is None:
-            return None
-        self.count("unavailable")
-        now = time.monotonic()
-        logged = self._limit_logged_by_address
-        if now - logged.get(address, -math.inf) >= LIMIT_LOG_INTERVAL:
-            if len(logged) > 4096:  # bounded, whatever addresses come and go
-                logged.clear()
-            logged[address] = now
-            log.warning("proxy.connection_limit", target=self.proxy.name, address=address,
-                        message=why)
-        return why, "Reuse one connection, or close idle ones; retry after Retry-After"
-
-
-def caller_of(request: web.BaseRequest) -> Caller:
-    """Who sent ``request``: set by the listener on its connection handler (``caller``), or, on a
-    gated Unix socket, the admitted peer."""
-    caller = getattr(request.protocol, "caller", None)
-    if isinstance(caller, Caller):
-        return caller
-    return Caller("unix", peer=peer_of_request(request))
 
 
 class Proxy:

@@ -26,10 +26,11 @@ Pure: strings in, strings or :class:`Refused` out.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -42,6 +43,9 @@ _PATH_CHARS = frozenset(_UNRESERVED | set("!$&'()*+,=:@/%"))
 _REFUSED_ESCAPES = {0x2F: "%2F (an encoded '/')", 0x5C: "%5C (an encoded '\\')",
                     0x3B: "%3B (an encoded ';')", 0x25: "%25 (an encoded '%': double encoding)"}
 _HEX = re.compile(r"[0-9A-Fa-f]{2}")
+# A path of plain path characters only (no escape): nothing to decode or upper-case.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
+_PRINTABLE_QUERY = re.compile(r"[\x21-\x7e]*")
 
 
 class Refused(ValueError):
@@ -77,7 +81,7 @@ def parse_request_target(raw: str) -> RequestTarget:
     if "#" in raw:
         raise Refused("a request target must not carry a fragment (#)")
     path, sep, query = raw.partition("?")
-    if sep and not all(0x21 <= ord(c) <= 0x7E for c in query):
+    if sep and not _PRINTABLE_QUERY.fullmatch(query):
         raise Refused("the query holds a character that is not printable ASCII")
     return RequestTarget(canonical_path(path), query if sep else None)
 
@@ -86,7 +90,14 @@ def canonical_path(path: str) -> str:
     """``path`` (starting with ``/``) in canonical form; Refused if it holds anything refused."""
     if not path.startswith("/"):
         raise Refused("the path must start with /")
-    decoded = _decode_unreserved(path)
+    decoded = path if _PLAIN_PATH.fullmatch(path) else _decode_unreserved(path)
+    if "//" not in decoded and "/." not in decoded:
+        return decoded  # no empty or dot segment: already canonical
+    return _resolve_segments(decoded)
+
+
+def _resolve_segments(decoded: str) -> str:
+    """Dot segments resolved (never above the root), empty ones merged, a trailing slash kept."""
     segments = decoded.split("/")[1:]
     out: list[str] = []
     trailing = False
@@ -151,13 +162,18 @@ def is_token_path(path: str) -> bool:
     return key == TOKEN_PATH or key.startswith(TOKEN_PATH + "/")
 
 
+@functools.lru_cache(maxsize=64)
+def _split_base(base_url: str) -> SplitResult:
+    return urlsplit(base_url)
+
+
 def upstream_url(base_url: str, target: RequestTarget) -> str:
     """The target's ``url`` (origin and path prefix, no trailing slash) plus the request target.
 
     Raises Refused if the result would not keep the origin or leave the prefix (it cannot, for a
     canonical path; the check makes that a guarantee rather than an argument).
     """
-    base = urlsplit(base_url)
+    base = _split_base(base_url)
     url = base_url + str(target)
     got = urlsplit(url)
     rest = got.path[len(base.path):]

@@ -2,7 +2,7 @@
 
 One :class:`Forwarder` per proxy (a new one when its target's connection or its pool settings
 change): its own aiohttp session and connection pool (``max_upstream_connections``, never the
-keeper's), the target's TLS settings exactly (:func:`tokend.upstream.tls_setting`), no redirect
+keeper's), the target's TLS settings exactly (:func:`tokend.upstream_tls.tls_setting`), no redirect
 followed, no cookie kept, no environment proxy, bodies never decoded.
 
 :meth:`Forwarder.forward` always ends in an answer to the consumer, and says how it ended:
@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import ssl
 import time
-import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -48,25 +46,35 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from tokend.config import ProxyConfig, TargetConfig
-from tokend.errbody import error_body, error_response
-from tokend.keeper import ServedToken, ServeError
 from tokend.logs import REDACTOR, get_logger
 from tokend.metrics import ProxyMetrics
-from tokend.names import ProxyOutcome
+from tokend.proxy.answers import Forwarded, error_answer, local_answer, read_error
 from tokend.proxy.canon import Refused, RequestTarget, upstream_url
-from tokend.proxy.headers import request_headers, response_headers
-from tokend.upstream import parse_detail, tls_setting
+from tokend.proxy.headers import request_headers, response_header_pairs
+from tokend.proxy.transfer import Transfer
+from tokend.serving import ServedToken, ServeError
+from tokend.upstream_answers import parse_detail
+from tokend.upstream_tls import tls_setting
 from tokend.values import format_duration, format_pin
 
 CHUNK = 64 * 1024  # the most either direction holds at once
 MAX_KEPT_BODY = 64 * 1024  # a request body kept for a retry after 401
-MAX_ERROR_BODY = 64 * 1024  # an error answer read whole to be redacted
-MAX_DECODED_ERROR = 1024 * 1024  # the most a compressed error answer may inflate to
 REFUSED_TOKEN_CODES = frozenset({"Unauthorized", "Unauthenticated"})
 FAILURE_LOG_INTERVAL = 60.0
 # aiohttp adds these unless told not to; the upstream gets what the consumer sent, nothing more
 # (an Accept-Encoding the consumer did not send would bring it a body it cannot read).
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_NO_AUTO_HEADERS: CIMultiDict[None] = CIMultiDict((name, None) for name in _SKIP_AUTO_HEADERS)
+
+
+class _AsSent(aiohttp.ClientRequest):
+    """A request that gets none of aiohttp's own headers, like ``skip_auto_headers`` of all four,
+    without building that set anew for every request (measured: the most costly step of aiohttp's
+    request set-up in ``bench/proxy.py``). ``tests/test_proxy_forward.py`` pins the attribute,
+    which aiohttp has from 3.11.8."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _NO_AUTO_HEADERS  # read back for Content-Type
 log = get_logger()
 
 
@@ -84,16 +92,6 @@ class TokenKeeper(Protocol):
 
 
 @dataclass
-class Forwarded:
-    """How a request ended: the answer given, its status and the outcome to count."""
-
-    response: web.StreamResponse
-    status: int
-    outcome: ProxyOutcome
-    error: str | None = None  # what went wrong, for the log (never a secret)
-
-
-@dataclass
 class _TokenRefused:
     """The upstream's 401 to the injected token, read whole: retried, or passed on."""
 
@@ -105,29 +103,6 @@ class _TokenRefused:
 
 class _Cut(Exception):
     """The answer had begun when the transfer failed: the consumer's connection is closed."""
-
-
-class _Transfer:
-    """Where one exchange stands, and the deadline that moves with it (SPEC §9.1 *Streaming*)."""
-
-    def __init__(self, request_timeout: float, response_timeout: float) -> None:
-        self.request_timeout = request_timeout
-        self.response_timeout = response_timeout
-        self.deadline: asyncio.Timeout | None = None
-        self.waiting_on_consumer = False
-        self.body_sent = False
-        self.answer: web.StreamResponse | None = None  # once set, failures cut the connection
-
-    def moved(self) -> None:
-        """Bytes moved: the transfer may stall for ``request_timeout`` from now."""
-        if self.deadline is not None and not self.deadline.expired():
-            self.deadline.reschedule(asyncio.get_running_loop().time() + self.request_timeout)
-
-    def sent(self) -> None:
-        """The request body is sent: the response headers have ``response_timeout`` from now."""
-        self.body_sent = True
-        if self.deadline is not None and self.answer is None and not self.deadline.expired():
-            self.deadline.reschedule(asyncio.get_running_loop().time() + self.response_timeout)
 
 
 class Forwarder:
@@ -173,12 +148,12 @@ class Forwarder:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self.proxy.max_upstream_connections,
                                                limit_per_host=0),
-                # Connecting counts against request_timeout; the rest is bounded by _Transfer.
+                # Connecting counts against request_timeout; the rest is bounded by Transfer.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.target.request_timeout),
                 auto_decompress=False,
                 trust_env=False,
                 cookie_jar=aiohttp.DummyCookieJar(),  # one consumer's cookies are not another's
-                skip_auto_headers=_SKIP_AUTO_HEADERS,
+                request_class=_AsSent,
                 read_bufsize=CHUNK,
             )
         return self._session
@@ -203,16 +178,17 @@ class Forwarder:
         try:
             url = upstream_url(self.target.url, route)
         except Refused as exc:
-            return _local(400, "BAD_REQUEST", str(exc), "refused")
+            return local_answer(400, "BAD_REQUEST", str(exc), "refused")
         body: bytes | None = None
         streamed = request.body_exists and not (
             request.content_length is not None and request.content_length <= MAX_KEPT_BODY)
         if request.body_exists and not streamed:
             await _send_continue(request)
             try:
-                body = await asyncio.wait_for(request.content.read(), self.target.request_timeout)
+                async with asyncio.timeout(self.target.request_timeout):
+                    body = await request.content.read()
             except TimeoutError:
-                return _local(408, "BAD_REQUEST", "the request body did not arrive within"
+                return local_answer(408, "BAD_REQUEST", "the request body did not arrive within"
                               f" {self.target.request_timeout:g} s", "refused")
         first = await self._exchange(request, url, served, body, streamed)
         if not isinstance(first, _TokenRefused):
@@ -220,20 +196,20 @@ class Forwarder:
         kept = not streamed
         self._log_refused(served, retry=kept and keeper is not None)
         if keeper is None:
-            return await self._pass_error(request, first.status, first.reason, first.headers,
+            return error_answer(self.target.name, first.status, first.reason, first.headers,
                                           first.body)
         if not kept:
             self._report_in_background(keeper, served.fingerprint)
-            return await self._pass_error(request, first.status, first.reason, first.headers,
+            return error_answer(self.target.name, first.status, first.reason, first.headers,
                                           first.body)
         try:
             fresh = await keeper.invalidate(served.fingerprint)
         except ServeError:
-            return await self._pass_error(request, first.status, first.reason, first.headers,
+            return error_answer(self.target.name, first.status, first.reason, first.headers,
                                           first.body)
         second = await self._exchange(request, url, fresh, body, False, retry=True)
         if isinstance(second, _TokenRefused):  # refused again: passed on, never a loop
-            return await self._pass_error(request, second.status, second.reason, second.headers,
+            return error_answer(self.target.name, second.status, second.reason, second.headers,
                                           second.body, outcome="retried_after_401")
         if second.outcome == "forwarded":
             second.outcome = "retried_after_401"
@@ -241,11 +217,11 @@ class Forwarder:
 
     def _no_token(self, keeper: TokenKeeper | None, now: float) -> Forwarded:
         if keeper is None:
-            return _local(503, "TOKEN_UNAVAILABLE", f"target '{self.target.name}' is not running"
+            return local_answer(503, "TOKEN_UNAVAILABLE", f"target '{self.target.name}' is not running"
                           " (it is being reconfigured)", "unavailable",
                           remediation="Retry after the Retry-After interval", retry_after=5)
         err = keeper.unavailable(now)
-        return _local(503, "TOKEN_UNAVAILABLE", err.message, "unavailable",
+        return local_answer(503, "TOKEN_UNAVAILABLE", err.message, "unavailable",
                       remediation=err.remediation, retry_after=err.retry_after,
                       reference_token=err.reference_token)
 
@@ -256,18 +232,22 @@ class Forwarder:
         try:
             headers = request_headers(request.headers.items(), self._host, served.access_token)
         except Refused as exc:
-            return _local(400, "BAD_REQUEST", str(exc), "refused")
+            return local_answer(400, "BAD_REQUEST", str(exc), "refused")
         if streamed and request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.target.request_timeout)
+            if self._slots.locked():  # wait for a slot; a free one is taken without a timer
+                async with asyncio.timeout(self.target.request_timeout):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()
         except TimeoutError:
-            return _local(503, "UPSTREAM_BUSY", f"all {self.proxy.max_upstream_connections}"
+            return local_answer(503, "UPSTREAM_BUSY", f"all {self.proxy.max_upstream_connections}"
                           f" connections to target '{self.target.name}' stayed busy for"
                           f" {self.target.request_timeout:g} s", "unavailable",
                           remediation="Retry later, or raise max_upstream_connections",
                           retry_after=1)
-        transfer = _Transfer(self.target.request_timeout, self.proxy.response_timeout)
+        transfer = Transfer(self.target.request_timeout, self.proxy.response_timeout)
         try:
             return await self._send(request, url, headers, body, streamed, transfer, retry)
         except _Cut as exc:
@@ -278,29 +258,27 @@ class Forwarder:
             self._slots.release()
 
     async def _send(self, request: web.BaseRequest, url: str, headers: CIMultiDict[str],
-                    body: bytes | None, streamed: bool, transfer: _Transfer,
+                    body: bytes | None, streamed: bool, transfer: Transfer,
                     retry: bool) -> Forwarded | _TokenRefused:
         loop = asyncio.get_running_loop()
         data: Any = self._upload(request, transfer) if streamed else body
         first_wait = self.target.request_timeout if streamed else self.proxy.response_timeout
         started = loop.time()
         try:
-            async with asyncio.timeout(first_wait) as deadline:
-                transfer.deadline = deadline
-                async with self._get_session().request(
-                        request.method, URL(url, encoded=True), headers=headers, data=data,
-                        allow_redirects=False) as resp:
-                    self.metrics.upstream_answered(loop.time() - started)
-                    transfer.moved()
-                    if resp.status >= 400 and _has_body(request.method, resp.status):
-                        kept = await _read_error(resp, transfer)
-                        if (resp.status == 401 and not retry and kept is not None
-                                and parse_detail(kept).error_code in REFUSED_TOKEN_CODES):
-                            return _TokenRefused(resp.status, resp.reason or "", resp.headers,
-                                                 kept)
-                        return await self._pass_error(request, resp.status, resp.reason or "",
-                                                      resp.headers, kept)
-                    return await self._stream_answer(request, resp, transfer)
+            async with transfer.start(first_wait), self._get_session().request(
+                    request.method, URL(url, encoded=True), headers=headers, data=data,
+                    allow_redirects=False) as resp:
+                self.metrics.upstream_answered(loop.time() - started)
+                transfer.moved()
+                if resp.status >= 400 and _has_body(request.method, resp.status):
+                    kept = await read_error(resp, transfer)
+                    if (resp.status == 401 and not retry and kept is not None
+                            and parse_detail(kept).error_code in REFUSED_TOKEN_CODES):
+                        return _TokenRefused(resp.status, resp.reason or "", resp.headers,
+                                             kept)
+                    return error_answer(self.target.name, resp.status, resp.reason or "",
+                                                  resp.headers, kept)
+                return await self._stream_answer(request, resp, transfer)
         except TimeoutError as exc:
             if transfer.answer is not None:
                 raise _Cut(f"the answer stopped moving for {self.target.request_timeout:g} s") \
@@ -309,7 +287,7 @@ class Forwarder:
                 return self._failed(504, "UPSTREAM_TIMEOUT", "could not connect within"
                                     f" {self.target.request_timeout:g} s")
             if transfer.waiting_on_consumer:
-                return _local(408, "BAD_REQUEST", "the request body stopped arriving for"
+                return local_answer(408, "BAD_REQUEST", "the request body stopped arriving for"
                               f" {self.target.request_timeout:g} s", "refused")
             if streamed and transfer.answer is None and not transfer.body_sent:
                 return self._failed(504, "UPSTREAM_TIMEOUT", "the upstream stopped reading the"
@@ -329,7 +307,7 @@ class Forwarder:
                                 f"{type(exc).__name__}: {_one_line(str(exc))}")
 
     async def _upload(self, request: web.BaseRequest,
-                      transfer: _Transfer) -> AsyncIterator[bytes]:
+                      transfer: Transfer) -> AsyncIterator[bytes]:
         """The consumer's body, chunk by chunk: aiohttp asks for the next once it sent this one."""
         await _send_continue(request)
         while True:
@@ -344,10 +322,10 @@ class Forwarder:
         transfer.sent()
 
     async def _stream_answer(self, request: web.BaseRequest, resp: aiohttp.ClientResponse,
-                             transfer: _Transfer) -> Forwarded:
+                             transfer: Transfer) -> Forwarded:
         """The upstream's status, headers and body, unchanged; the body as it arrives."""
         answer = web.StreamResponse(status=resp.status, reason=resp.reason,
-                                    headers=response_headers(resp.headers.items()))
+                                    headers=response_header_pairs(resp.headers.items()))
         # Consumer-side failures are the consumer leaving: not the upstream's fault.
         try:
             await answer.prepare(request)
@@ -364,36 +342,6 @@ class Forwarder:
             await answer.write_eof()
         return Forwarded(answer, resp.status, "forwarded")
 
-    async def _pass_error(self, request: web.BaseRequest, status: int, reason: str,
-                          headers: CIMultiDictProxy[str], body: bytes | None,
-                          outcome: ProxyOutcome = "forwarded") -> Forwarded:
-        """An upstream error answer, redacted, or withheld when it cannot be checked."""
-        out = response_headers(headers.items())
-        out.popall("Content-Length", None)
-        why = "it is larger than 64 KiB" if body is None else None
-        redacted: bytes | None = None
-        if body is not None:
-            coding = out.get("Content-Encoding", "identity").strip().lower()
-            decoded = decode_body(body, coding)
-            if decoded is None:
-                why = f"it is encoded as {coding[:40]!r}, which tokend cannot read"
-            else:
-                redacted = redact_body(decoded)
-                if redacted is not None:
-                    out.popall("Content-Encoding", None)
-        if why is not None:
-            log.warning("proxy.error_withheld", target=self.target.name, status=status,
-                        reason=why)
-            return _local(status, "UPSTREAM_ERROR_WITHHELD",
-                          f"the upstream answered {status}, with an error answer tokend does not"
-                          f" pass on because {why} (it could not be checked for secrets)",
-                          outcome, remediation="See the SDDC Manager's own logs for the error",
-                          headers=out)
-        assert body is not None
-        answer = web.Response(status=status, reason=reason or None, headers=out,
-                              body=redacted if redacted is not None else body)
-        return Forwarded(answer, status, outcome)
-
     def _failed(self, status: int, code: str, message: str) -> Forwarded:
         """A 502 or 504 of tokend's, logged at most once a minute per proxy."""
         now = time.monotonic()
@@ -406,7 +354,7 @@ class Forwarder:
             self._failures_suppressed += 1
         remediation = ("Check that the SDDC Manager is reachable from tokend (tokend status shows"
                        " the keeper's view)")
-        return _local(status, code, f"target '{self.target.name}': {message}", "upstream_error",
+        return local_answer(status, code, f"target '{self.target.name}': {message}", "upstream_error",
                       remediation=remediation)
 
     def _log_refused(self, served: ServedToken, retry: bool) -> None:
@@ -429,90 +377,14 @@ class Forwarder:
 # -- helpers without state -----------------------------------------------------------------------
 
 
-def _local(status: int, code: str, message: str, outcome: ProxyOutcome, *, remediation: str = "",
-           retry_after: float | None = None, reference_token: str | None = None,
-           headers: CIMultiDict[str] | None = None) -> Forwarded:
-    """An answer of tokend's own, in the Error shape (503s with ``Retry-After``).
-
-    ``headers`` are the upstream's, for an error answer withheld: kept but for the body's own.
-    """
-    if headers is None:
-        answer = error_response(status, code, message, remediation, reference_token, retry_after)
-        return Forwarded(answer, status, outcome, message if status >= 500 else None)
-    extra = CIMultiDict(headers)
-    for name in ("Content-Encoding", "Content-Type", "Content-Length", "Content-MD5", "ETag",
-                 "Digest", "Content-Digest"):
-        extra.popall(name, None)
-    if status == 503 and "Retry-After" not in extra:
-        extra["Retry-After"] = "5"
-    answer = web.Response(status=status, content_type="application/json", headers=extra,
-                          body=error_body(code, message, remediation, reference_token))
-    return Forwarded(answer, status, outcome, message)
-
-
 async def _send_continue(request: web.BaseRequest) -> None:
     """``100 Continue`` for a client that waits for it before sending its body (curl does)."""
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
-async def _read_error(resp: aiohttp.ClientResponse, transfer: _Transfer) -> bytes | None:
-    """An error answer's body, if it is at most MAX_ERROR_BODY bytes; else None (not read)."""
-    if resp.content_length is not None and resp.content_length > MAX_ERROR_BODY:
-        return None
-    data = bytearray()
-    while chunk := await resp.content.read(MAX_ERROR_BODY + 1 - len(data)):
-        data += chunk
-        transfer.moved()
-        if len(data) > MAX_ERROR_BODY:
-            return None
-    return bytes(data)
-
-
 def _has_body(method: str, status: int) -> bool:
     return method != "HEAD" and status not in (204, 304)
-
-
-def decode_body(body: bytes, coding: str) -> bytes | None:
-    """``body`` decoded from ``coding`` (identity, gzip, deflate), or None if tokend cannot."""
-    if coding in ("", "identity"):
-        return body
-    try:
-        if coding in ("gzip", "x-gzip"):
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif coding == "deflate":  # zlib-wrapped, as RFC 9110 says; raw deflate as servers send
-            inflater = zlib.decompressobj(zlib.MAX_WBITS if body[:1] == b"\x78"
-                                          else -zlib.MAX_WBITS)
-        else:
-            return None
-        decoded = inflater.decompress(body, MAX_DECODED_ERROR)
-        if inflater.unconsumed_tail or not inflater.eof:
-            return None  # larger than MAX_DECODED_ERROR, or truncated
-        return decoded
-    except zlib.error:
-        return None
-
-
-def redact_body(body: bytes) -> bytes | None:
-    """``body`` with every secret replaced (SPEC §5.6), or None when it holds none.
-
-    Text is redacted as UTF-8 (other bytes pass unchanged); a JSON body is also redacted value by
-    value, which catches a secret written with JSON escapes.
-    """
-    text = body.decode("utf-8", "surrogateescape")
-    redacted = REDACTOR.text(text)
-    if redacted.lstrip()[:1] in ("{", "["):
-        try:
-            data = json.loads(redacted)
-        except (ValueError, RecursionError):
-            data = None
-        if data is not None:
-            cleaned = REDACTOR(data)
-            if cleaned != data:
-                redacted = json.dumps(cleaned)
-    if redacted == text:
-        return None
-    return redacted.encode("utf-8", "surrogateescape")
 
 
 def _cut(request: web.BaseRequest) -> None:

@@ -39,13 +39,42 @@ READABLE_CODINGS = frozenset({"gzip", "deflate", "identity"})
 Headers = Iterable[tuple[str, str]]
 
 
+_REQUEST_SKIPPED = HOP_BY_HOP | REQUEST_DROPPED  # "connection" among them
+_RESPONSE_SKIPPED = HOP_BY_HOP | RESPONSE_DROPPED
+
+
 def connection_named(headers: Headers) -> frozenset[str]:
     """The header names every ``Connection`` header lists, lower case."""
     named: set[str] = set()
     for name, value in headers:
         if name.lower() == "connection":
-            named.update(token.strip().lower() for token in value.split(",") if token.strip())
+            named.update(_listed(value))
     return frozenset(named)
+
+
+def _listed(connection: str) -> list[str]:
+    if "," not in connection:  # one name, as "keep-alive" or "close" mostly are
+        name = connection.strip().lower()
+        return [name] if name else []
+    return [token.strip().lower() for token in connection.split(",") if token.strip()]
+
+
+def _filtered(incoming: Headers, skipped: frozenset[str],
+              prefixes: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(name, lower-case name, value) of ``incoming`` but ``skipped``, ``prefixes`` and the headers
+    a ``Connection`` header names; one pass, and a second only over what is left."""
+    kept: list[tuple[str, str, str]] = []
+    named: set[str] = set()  # a set: a Connection header may list thousands of names
+    for name, value in incoming:
+        lower = name.lower()
+        if lower in skipped or lower.startswith(prefixes):
+            if lower == "connection":
+                named.update(_listed(value))
+            continue
+        kept.append((name, lower, value))
+    if named:
+        kept = [item for item in kept if item[1] not in named]
+    return kept
 
 
 def request_headers(incoming: Headers, host: str, token: str) -> CIMultiDict[str]:
@@ -53,18 +82,13 @@ def request_headers(incoming: Headers, host: str, token: str) -> CIMultiDict[str
 
     Raises Refused for a value that cannot be sent on (a lone surrogate from undecodable bytes).
     """
-    pairs = list(incoming)
-    named = connection_named(pairs)
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in pairs:
-        lower = name.lower()
-        if (lower in HOP_BY_HOP or lower in named or lower in REQUEST_DROPPED
-                or lower.startswith(REQUEST_DROPPED_PREFIXES)):
-            continue
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise Refused(f"the value of the {name[:40]} header is not valid text") from None
+    for name, lower, value in _filtered(incoming, _REQUEST_SKIPPED, REQUEST_DROPPED_PREFIXES):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Refused(f"the value of the {name[:40]} header is not valid text") from None
         if lower == "accept-encoding":
             value = readable_codings(value)
             if not value:
@@ -87,13 +111,10 @@ def readable_codings(accept_encoding: str) -> str:
 
 def response_headers(incoming: Headers) -> CIMultiDict[str]:
     """The upstream's headers to pass back: hop-by-hop, ``Proxy-*`` and ``Set-Cookie`` dropped."""
-    pairs = list(incoming)
-    named = connection_named(pairs)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in pairs:
-        lower = name.lower()
-        if (lower in HOP_BY_HOP or lower in named or lower in RESPONSE_DROPPED
-                or lower.startswith(RESPONSE_DROPPED_PREFIXES)):
-            continue
-        out.add(name, value)
-    return out
+    return CIMultiDict(response_header_pairs(incoming))
+
+
+def response_header_pairs(incoming: Headers) -> list[tuple[str, str]]:
+    """:func:`response_headers` as (name, value) pairs, for a response that copies them anyway."""
+    return [(name, value) for name, _, value in _filtered(incoming, _RESPONSE_SKIPPED,
+                                                          RESPONSE_DROPPED_PREFIXES)]

@@ -30,16 +30,17 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from tokend.config import ProxyConfig
-from tokend.errbody import error_body, raw_http_error
+from tokend.errbody import error_body
 from tokend.errors import ConfigError
+from tokend.gate import ConnectionHandler, hand_over, refuse, runner_server
 from tokend.listen import bind_tcp
 from tokend.logs import get_logger
 from tokend.proxy.seams import Caller
 from tokend.proxy.tlsgen import CertReloader, TlsFiles, ensure_material
-from tokend.server import IDLE_TIMEOUT, _Handler
+from tokend.server import IDLE_TIMEOUT
 
 if TYPE_CHECKING:
-    from tokend.proxy.app import ProxyGate
+    from tokend.proxy.gate import ProxyGate
 
 #: Seconds a TLS connection may take to close cleanly before it is cut.
 TLS_SHUTDOWN_TIMEOUT = 5.0
@@ -123,12 +124,12 @@ def _material(config: ProxyConfig, state_dir: Path, now: float) -> TlsFiles:
     return files
 
 
-class TcpHandler(_Handler):
+class TcpHandler(ConnectionHandler):
     """aiohttp's connection handler for one TCP connection, knowing who is on the other end."""
 
     def __init__(self, server: web.Server, gate: ProxyGate, caller: Caller) -> None:
         super().__init__(server, gate)
-        self.caller = caller  # read by tokend.proxy.app.caller_of
+        self.caller = caller  # read by tokend.proxy.gate.caller_of
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Free the connection's slot of its address, then let aiohttp clean up."""
@@ -150,14 +151,9 @@ class _AddressGate(asyncio.Protocol):
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         refused = self._gate.take_address(address, transport)
         if refused is not None:
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(raw_http_error(503, "Service Unavailable",
-                                           error_body("TOO_MANY_CONNECTIONS", *refused)))
-            transport.close()
+            refuse(transport, 503, "Service Unavailable", error_body("TOO_MANY_CONNECTIONS", *refused))
             return
-        handler = TcpHandler(self._server, self._gate, Caller("tcp", address=address))
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
+        hand_over(transport, TcpHandler(self._server, self._gate, Caller("tcp", address=address)))
 
     def data_received(self, data: bytes) -> None:
         """Bytes of a connection refused at the door: never read into a request."""
@@ -184,9 +180,7 @@ class TcpSite(web.BaseSite):
     async def start(self) -> None:
         """Serve the socket: TLS first (within the header deadline), then the gate."""
         await super().start()
-        server = self._runner.server
-        assert server is not None
-        gate = self._gate
+        server, gate = runner_server(self._runner), self._gate
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _AddressGate(server, gate), sock=self._sock, backlog=self._backlog,
             ssl=self._tls.context, ssl_handshake_timeout=IDLE_TIMEOUT,

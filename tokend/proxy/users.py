@@ -64,17 +64,20 @@ class _Entries:
     dummy: bytes = field(repr=False)
 
 
+@dataclass(eq=False, repr=False)
 class UsersFile:
-    """One proxy's ``users_file``: who may log in to the facade over TCP, and with which password."""
+    """One proxy's ``users_file``: who may log in to the facade over TCP, and with which password.
 
-    def __init__(self, path: Path, config_key: str, entries: _Entries, watch: Watched[_Entries],
-                 checkpw: Callable[[bytes, bytes], bool], executor: Executor | None) -> None:
-        self.path = path
-        self.config_key = config_key
-        self._entries = entries
-        self._watch = watch
-        self._checkpw = checkpw
-        self._executor = executor
+    Made by :meth:`load`: the file's ``path`` and ``config_key``, its entries, the watch that tells
+    when it changed, bcrypt's ``checkpw`` and the executor that runs it.
+    """
+
+    path: Path
+    config_key: str
+    _entries: _Entries
+    _watch: Watched[_Entries]
+    _checkpw: Callable[[bytes, bytes], bool]
+    _executor: Executor | None
 
     @classmethod
     def load(cls, path: Path, config_key: str, *, executor: Executor | None = None) -> UsersFile:

@@ -17,7 +17,6 @@ tests can drive a client through every path. Not safe across threads: one event 
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import math
@@ -25,23 +24,21 @@ import secrets
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from tokend.names import BodyForm
 from tokend.testing.claims import ODD_CLAIM_KINDS, access_claims, sign
-from tokend.testing.faults import TOKEN_OPERATIONS, Faults, MalformedKind, Route, ScriptedFault
+from tokend.testing.faulted import Handler, answer_with_faults
+from tokend.testing.faults import Faults, MalformedKind, Route
 from tokend.testing.proxy_routes import add_proxy_routes
 from tokend.testing.wire import (
     UNAUTHORIZED_MESSAGE,
     body_form,
-    drop,
-    drop_mid_response,
     echo,
-    error_body,
     error_response,
     json_response,
     malformed_other,
@@ -50,8 +47,6 @@ from tokend.testing.wire import (
 
 DEFAULT_USERS: Mapping[str, str] = {"administrator@vsphere.local": "VMware1!"}
 API_KEY_USER = "automation@vsphere.local"
-
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -80,33 +75,35 @@ class _RefreshEntry:
     expires_at: float  # on the fake's clock
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class FakeSddc:
-    """A fake SDDC Manager with its users, tokens, call log and :attr:`faults`."""
+    """A fake SDDC Manager with its users, tokens, call log and :attr:`faults`.
 
-    def __init__(
-        self,
-        *,
-        access_ttl: float = 3600,
-        refresh_ttl: float = 86400,
-        users: Mapping[str, str] | None = None,
-        api_keys: Iterable[str] | None = None,
-        clock: Callable[[], float] = time.time,
-        reject_status: int = 401,
-        gone_status: int = 404,
-        wrong_content_type_status: int = 415,
-        accept_json_refresh: bool = True,
-        accept_bare_refresh: bool = False,
-    ) -> None:
-        self.access_ttl = access_ttl
-        self.refresh_ttl = refresh_ttl
-        self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
-        self.api_keys: set[str] = set(api_keys or ())
-        self.clock = clock
-        self.reject_status = reject_status
-        self.gone_status = gone_status
-        self.wrong_content_type_status = wrong_content_type_status
-        self.accept_json_refresh = accept_json_refresh
-        self.accept_bare_refresh = accept_bare_refresh
+    Keyword arguments: ``access_ttl`` and ``refresh_ttl`` (seconds) the lifetimes of what it issues;
+    ``users`` (user to password; default :data:`DEFAULT_USERS`) and ``api_keys`` who may log in
+    (each copied: a dict and a set the test may change);
+    ``clock`` its wall clock (epoch seconds); ``reject_status``, ``gone_status`` and
+    ``wrong_content_type_status`` the statuses of a refused login, an unknown refresh token and a
+    body that is not JSON; ``accept_json_refresh`` and ``accept_bare_refresh`` the refresh body
+    forms it takes.
+    """
+
+    access_ttl: float = 3600
+    refresh_ttl: float = 86400
+    users: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))  # a dict, copied
+    api_keys: Collection[str] = field(default_factory=set)  # a set, copied
+    clock: Callable[[], float] = time.time
+    reject_status: int = 401
+    gone_status: int = 404
+    wrong_content_type_status: int = 415
+    accept_json_refresh: bool = True
+    accept_bare_refresh: bool = False
+
+    def __post_init__(self) -> None:
+        # Copies the fake and its tests may change; None, as the arguments once defaulted to, is
+        # the default users and no API key.
+        self.users = dict(DEFAULT_USERS if self.users is None else self.users)
+        self.api_keys = set(self.api_keys or ())
         self.faults = Faults(self.revoke_all_refresh_tokens)
         self.calls: list[CallRecord] = []
         self.issued_access_tokens: list[str] = []
@@ -214,7 +211,7 @@ class FakeSddc:
         """Date from the fake's clock, so injected skew shows where clients measure it."""
         response.headers["Date"] = email.utils.formatdate(self.now(), usegmt=True)
 
-    def _wrap(self, operation: Route, handler: _Handler, read_body: bool = True) -> _Handler:
+    def _wrap(self, operation: Route, handler: Handler, read_body: bool = True) -> Handler:
         """Record the call and apply delays, outages and queued faults around ``handler``.
 
         ``read_body`` False leaves the body to the handler (recorded as empty).
@@ -231,48 +228,12 @@ class FakeSddc:
                 request_headers=dict(request.headers),
             )
             self.calls.append(record)
-            response = await self._answer(request, operation, handler)
+            response = await answer_with_faults(self.faults, request, operation, handler)
             transport = request.transport
             record.status = 0 if transport is None or transport.is_closing() else response.status
             return response
 
         return run
-
-    async def _answer(
-        self, request: web.Request, operation: Route, handler: _Handler
-    ) -> web.StreamResponse:
-        """The answer to one call (after a dropped connection, one that cannot be sent)."""
-        delay = self.faults.delay_for(operation)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if self.faults.down and operation in TOKEN_OPERATIONS:
-            if self.faults.down_mode == "drop":
-                return drop(request)
-            return error_response(
-                503, "SERVICE_UNAVAILABLE", "The service is temporarily unavailable", "Retry later."
-            )
-        fault = self.faults.peek(operation)
-        if fault is None or fault.kind == "malformed":
-            return await handler(request)  # a malformed fault is taken on the success path
-        self.faults.consume(fault)
-        if fault.kind == "drop":
-            return await drop_mid_response(request) if fault.drop_when == "headers" else drop(request)
-        if fault.kind == "redirect":
-            return web.Response(status=fault.status, headers={"Location": fault.location})
-        return await self._scripted_failure(request, fault)
-
-    async def _scripted_failure(self, request: web.Request, fault: ScriptedFault) -> web.Response:
-        headers = fault.headers or None
-        if isinstance(fault.body, str):
-            return web.Response(status=fault.status, text=fault.body, headers=headers)
-        if fault.body is not None:
-            return json_response(fault.body, fault.status, headers)
-        message = "An internal error occurred"
-        if self.faults.echo_secrets_in_errors:
-            message = f"{message} while processing {await echo(request)}"
-        remediation = "Retry the operation; contact support if it persists."
-        body = error_body("INTERNAL_SERVER_ERROR", message, remediation)
-        return json_response(body, fault.status, headers)
 
     # -- endpoints ------------------------------------------------------------------------------
 

@@ -9,13 +9,15 @@ path canonicalisation, no header filter beyond the hop-by-hop ones, no retry, no
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+
+# Run as a file: the repository root on the path, for the serving part both references share.
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from bench.engines.unix_serve import serve_until_signal
 
 CHUNK = 64 * 1024
 DROPPED = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection",
@@ -46,16 +48,7 @@ async def serve(sock: str, upstream: str, token_file: str, pool: int) -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", forward)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.UnixSite(runner, sock).start()
-    os.chmod(sock, 0o666)  # the load generator may connect under several uids
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signal(app, sock)
     await session.close()
 
 

@@ -5,15 +5,13 @@ Nothing here asserts: the goals are compared against, and printed."""
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from dataclasses import dataclass
 from typing import Any
 
+from bench.engines.common import cpu_ratios, json_head, ms, over_rounds, ratio_rows, report_head, verdict
 from bench.engines.proxy.servers import POOL
 from bench.engines.proxy.streams import StreamResult
 from bench.engines.serve.load import LoadResult
-from bench.engines.serve.report import ms, verdict
 
 TOKEND, BARE, DIRECT = "tokend proxy", "bare aiohttp proxy", "direct to the fake"
 PATHS = (TOKEND, BARE, DIRECT)
@@ -47,12 +45,8 @@ class ProxyFigures:
 def render(f: ProxyFigures) -> str:
     """The Markdown report."""
     args = f.args
-    out: list[str] = []
+    out = report_head("tokend proxy benchmark", f.started, f.machine, f.versions)
     w = out.append
-    w("# tokend proxy benchmark")
-    w("")
-    w(f"- started {f.started}; {f.machine}")
-    w("- versions: " + ", ".join(f"{k} {v}" for k, v in f.versions.items()))
     w(f"- `GET /v1/domains` ({f.body_bytes}-byte answer) from `tokend fake-sddc` (plain HTTP on"
       " loopback, one process); three ways to it: **tokend proxy** (`tokend run` with a"
       " `[[proxies]]` Unix socket: peer check, canonical path, header filter, token injection,"
@@ -86,7 +80,7 @@ def render(f: ProxyFigures) -> str:
             line = (f"| {r.connections} | {r.server} | {r.rps:,.0f} | {ms(r.p50_us)} | {ms(r.p99_us)}"
                     f" | {cpu} | {r.requests:,} | {r.bad} | {r.other_cpu:.0f} |")
             if extra:
-                line += " " + ", ".join(f"{x.rps:,.0f}" for x in f.rounds[(r.server, r.connections)]) + " |"
+                line += over_rounds(f.rounds, r)
             w(line)
         w("")
         w("'proxy CPU µs/req' is the CPU time of the proxy process per answered request (schedstat,"
@@ -100,22 +94,11 @@ def render(f: ProxyFigures) -> str:
 
     for conns in args.conn_list:
         t, b = find(TOKEND, conns), find(BARE, conns)
-        if t is None or b is None:
-            continue
-        if b.rps > 0:
-            ratio = t.rps / b.rps
-            w(f"| req/s tokend / bare proxy, {conns} conns | {ratio:.2f} ({t.rps:,.0f} / {b.rps:,.0f})"
-              f" | >= {GOAL_RPS_RATIO} | {verdict(ratio >= GOAL_RPS_RATIO)} |")
-        if t.p99_us and b.p99_us:
-            ratio = t.p99_us / b.p99_us
-            w(f"| p99 tokend / bare proxy, {conns} conns | {ratio:.2f} ({ms(t.p99_us)} /"
-              f" {ms(b.p99_us)} ms) | <= {GOAL_P99_RATIO} | {verdict(ratio <= GOAL_P99_RATIO)} |")
-    cpu_ratios = [f"{c}: {t.cpu_us_per_req / b.cpu_us_per_req:.2f}" for c in args.conn_list
-                  if (t := find(TOKEND, c)) and (b := find(BARE, c))
-                  and t.cpu_us_per_req and b.cpu_us_per_req]
-    if cpu_ratios:
+        if t is not None and b is not None:
+            out += ratio_rows(t, b, "bare proxy", conns, GOAL_RPS_RATIO, GOAL_P99_RATIO)
+    if cpu := cpu_ratios(find, args.conn_list, TOKEND, BARE):
         w(f"| proxy CPU per request, tokend / bare proxy, by connections (context: the steadiest"
-          f" figure on a shared machine) | {'; '.join(cpu_ratios)} | | |")
+          f" figure on a shared machine) | {'; '.join(cpu)} | | |")
     for s in f.streams:
         if s.path == TOKEND and s.rss_growth_mb is not None:
             w(f"| tokend RSS growth during the {s.size / 2**30:g} GiB {s.direction} |"
@@ -150,9 +133,7 @@ def render(f: ProxyFigures) -> str:
 def to_json(f: ProxyFigures) -> dict[str, Any]:
     """The raw figures of every round, for ``--json``."""
     return {
-        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
-        "versions": f.versions,
-        "results": [r.__dict__ for rs in f.rounds.values() for r in rs],
+        **json_head(f.versions, f.rounds),
         "streams": [{**s.__dict__, "mb_per_s": s.mb_per_s, "rss_growth_mb": s.rss_growth_mb}
                     for s in f.streams],
         "rss_ready_kb": f.rss_ready_kb, "rss_end_kb": f.rss_end_kb, "hwm_end_kb": f.hwm_end_kb,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import shutil
 import sys
 import time
 
+from bench.engines.common import announce_command, cpu_split, load_bench, load_rounds, publish
+from bench.engines.common import versions as common_versions
 from bench.engines.proxy.report import BARE, DIRECT, PATHS, TOKEND, ProxyFigures, render, to_json
 from bench.engines.proxy.servers import (
     PATH,
@@ -22,7 +22,7 @@ from bench.engines.proxy.servers import (
 )
 from bench.engines.proxy.streams import StreamResult, expected_digest, transfer
 from bench.engines.serve.load import LoadResult, run_load
-from bench.engines.serve.processes import BENCH_DIR, Bench, find_autocannon, tool_version, workdir
+from bench.engines.serve.processes import Bench, find_autocannon, tool_version
 from bench.engines.serve.procfs import loadavg, machine_line, proc_status_kb
 from bench.engines.serve.servers import probe, start_fake
 
@@ -35,24 +35,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
               " for the transfers alone)", file=sys.stderr)
         return 2
     assert autocannon is not None
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = not args.no_pin and len(cpus) >= 2
-    server_cpus = {cpus[-1]} if pin else None
-    client_cpus = set(cpus[:-1]) if pin else None
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    print(f"$ {command}\n", flush=True)
-    with workdir() as wd:
-        # No split over uids: 100 connections are far below tokend's per-uid limit.
-        bench = Bench(args, wd, server_cpus, client_cpus, None)
-        shutil.copy(BENCH_DIR / "cannon.js", wd / "cannon.js")
-        (wd / "cannon.js").chmod(0o644)
-        try:
-            figures = measure(bench, autocannon, command, cpus if pin else None)
-        finally:
-            bench.stop_all()
-    print(render(figures), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(to_json(figures), indent=2))
+    cpus, server_cpus, client_cpus = cpu_split(args)
+    command = announce_command()
+    # No split over uids: 100 connections are far below tokend's per-uid limit.
+    with load_bench(args, server_cpus, client_cpus, None) as bench:
+        figures = measure(bench, autocannon, command, cpus)
+    publish(render(figures), to_json(figures), args.json)
     bad = [f"{r.server}@{r.connections}" for r in figures.results if r.bad]
     bad += [f"{s.path} {s.direction}" for s in figures.streams if not s.identical]
     if bad:
@@ -66,12 +54,7 @@ def measure(bench: Bench, autocannon: str, command: str, cpus: list[int] | None)
     args = bench.args
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     load_before = loadavg()
-    import aiohttp
-
-    import tokend
-
-    versions = {"tokend": tokend.__version__, "python": platform.python_version(),
-                "aiohttp": aiohttp.__version__}
+    versions = common_versions()
     if args.conn_list:
         versions["autocannon"] = tool_version([autocannon, "--version"]).split()[-1]
         versions["node"] = tool_version(["node", "--version"])
@@ -92,18 +75,12 @@ def measure(bench: Bench, autocannon: str, command: str, cpus: list[int] | None)
     paths = {TOKEND: ([tokend_proc.pid], proxy_sock, "http://localhost" + PATH, None),
              BARE: ([bare_proc.pid], bare_sock, "http://localhost" + PATH, None),
              DIRECT: ([fake.pid], None, url + PATH, headers_file)}
-    rounds: dict[tuple[str, int], list[LoadResult]] = {}
-    for round_no in range(args.rounds):
-        for conns in args.conn_list:
-            for name in PATHS:
-                pids, sock, target_url, headers = paths[name]
-                print(f"load: round {round_no + 1}/{args.rounds}, {name}, {conns} connections,"
-                      f" {args.duration:g} s ...", file=sys.stderr, flush=True)
-                rounds.setdefault((name, conns), []).append(
-                    run_load(bench, "driver", autocannon, name, pids, sock, conns, target_url,
-                             headers))
-    results = [max(rounds[(name, conns)], key=lambda r: r.rps)
-               for conns in args.conn_list for name in PATHS]
+
+    def run_one(name: str, conns: int) -> LoadResult:
+        pids, sock, target_url, headers = paths[name]
+        return run_load(bench, "driver", autocannon, name, pids, sock, conns, target_url, headers)
+
+    rounds, results = load_rounds(args, PATHS, run_one)
 
     # 3. the big transfers, each way, through each path
     streams: list[StreamResult] = []

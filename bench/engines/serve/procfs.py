@@ -27,12 +27,15 @@ def sched_ns(pid: int) -> int:
     return total
 
 
-def proc_status_kb(pid: int, key: str) -> int:
-    """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM)."""
+def proc_status_kb(pid: int, key: str, missing: int | None = None) -> int:
+    """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM); ``missing`` when there is none (a
+    process that has exited lists no memory), a KeyError when ``missing`` is None."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
-    raise KeyError(key)
+    if missing is None:
+        raise KeyError(key)
+    return missing
 
 
 def children_of(pid: int) -> list[int]:

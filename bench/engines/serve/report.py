@@ -4,13 +4,12 @@ figures as JSON. Nothing here asserts: the goals are compared against, and print
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.engines.common import cpu_ratios, json_head, ms, over_rounds, ratio_rows, report_head, verdict
 from bench.engines.serve.load import URL, LoadResult
 
 # The goals of the issue, compared against (never asserted).
@@ -23,14 +22,6 @@ GOAL_PEAK_RSS_MB = 60.0
 
 def mb(kb: float) -> float:
     return kb / 1024.0
-
-
-def ms(us: float | None) -> str:
-    return "n/a" if us is None else f"{us / 1000.0:.2f}"
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -74,12 +65,8 @@ class Figures:
 def render(f: Figures) -> str:
     """The Markdown report."""
     args = f.args
-    out: list[str] = []
+    out = report_head("tokend socket benchmark", f.started, f.machine, f.versions)
     w = out.append
-    w("# tokend socket benchmark")
-    w("")
-    w(f"- started {f.started}; {f.machine}")
-    w("- versions: " + ", ".join(f"{k} {v}" for k, v in f.versions.items()))
     if args.load_generator == "driver":
         w(f"- load generator: autocannon {f.versions['autocannon']} engine via bench/cannon.js"
           " (per-response latencies in microseconds); the plain CLI equivalent of each run is"
@@ -117,7 +104,7 @@ def render(f: Figures) -> str:
         line = (f"| {r.connections} | {r.server} | {r.rps:,.0f} | {ms(r.p50_us)} | {ms(r.p99_us)} |"
                 f" {cpu} | {r.requests:,} | {r.bad} | {r.uids} | {r.other_cpu:.0f} |")
         if args.rounds > 1:
-            line += " " + ", ".join(f"{x.rps:,.0f}" for x in f.rounds[(r.server, r.connections)]) + " |"
+            line += over_rounds(f.rounds, r)
         w(line)
     w("")
 
@@ -127,14 +114,8 @@ def render(f: Figures) -> str:
     w("| figure | value | goal | result |")
     w("|---|---:|---|---|")
     t100, a100 = find("tokend", 100), find("bare aiohttp", 100)
-    if t100 and a100 and a100.rps > 0:
-        ratio = t100.rps / a100.rps
-        w(f"| req/s tokend / bare aiohttp, 100 conns | {ratio:.2f} ({t100.rps:,.0f} / {a100.rps:,.0f})"
-          f" | >= {GOAL_RPS_RATIO} | {verdict(ratio >= GOAL_RPS_RATIO)} |")
-    if t100 and a100 and t100.p99_us and a100.p99_us:
-        ratio = t100.p99_us / a100.p99_us
-        w(f"| p99 tokend / bare aiohttp, 100 conns | {ratio:.2f} ({ms(t100.p99_us)} /"
-          f" {ms(a100.p99_us)} ms) | <= {GOAL_P99_RATIO} | {verdict(ratio <= GOAL_P99_RATIO)} |")
+    if t100 and a100:
+        out += ratio_rows(t100, a100, "bare aiohttp", 100, GOAL_RPS_RATIO, GOAL_P99_RATIO)
     t10 = find("tokend", 10)
     if t10 and t10.p99_us is not None:
         w(f"| p99 tokend, 10 conns | {ms(t10.p99_us)} ms | < {GOAL_P99_10_MS:g} ms |"
@@ -165,21 +146,16 @@ def render(f: Figures) -> str:
     w(f"| tokend /v1/token after the load; exit status on SIGTERM | {f.status_after}; {f.exit_code} |")
     if t100 and (n100 := find("nginx", 100)) and n100.rps > 0:
         w(f"| req/s tokend / nginx, 100 conns (context) | {t100.rps / n100.rps:.2f} |")
-    cpu_ratios = [f"{c}: {t.cpu_us_per_req / a.cpu_us_per_req:.2f}" for c in args.conn_list
-                  if (t := find("tokend", c)) and (a := find("bare aiohttp", c))
-                  and t.cpu_us_per_req and a.cpu_us_per_req]
-    if cpu_ratios:
+    if cpu := cpu_ratios(find, args.conn_list, "tokend", "bare aiohttp"):
         w(f"| server CPU per request, tokend / bare aiohttp, by connections (insensitive to other"
-          f" load) | {'; '.join(cpu_ratios)} |")
+          f" load) | {'; '.join(cpu)} |")
     return "\n".join(out)
 
 
 def to_json(f: Figures) -> dict[str, Any]:
     """The raw figures of every round, for ``--json``."""
     return {
-        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
-        "versions": f.versions,
-        "results": [r.__dict__ for rs in f.rounds.values() for r in rs],
+        **json_head(f.versions, f.rounds),
         "idle_cpu_s_per_min": f.idle_ticks, "idle_cpu_schedstat_s_per_min": f.idle_sched,
         "peak_rss_kb": f.hwm_after, "rss_ready_kb": f.rss_ready, "rss_after_kb": f.rss_after,
         "cli_seconds": f.cli_times, "start_to_ready_seconds": f.starts,

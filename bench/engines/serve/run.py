@@ -4,9 +4,6 @@ references, load all three servers in turn, stop everything, report."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -15,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from bench.engines.common import announce_command, cpu_split, load_bench, load_rounds, publish
+from bench.engines.common import versions as common_versions
 from bench.engines.serve.load import LoadResult, run_load
 from bench.engines.serve.processes import (
-    BENCH_DIR,
     Bench,
     Proc,
     find_autocannon,
@@ -124,24 +122,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
         print(f"serve.py: missing {', '.join(missing)}: run bench/setup.sh first", file=sys.stderr)
         return 2
     assert nginx is not None and autocannon is not None
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = not args.no_pin and len(cpus) >= 2
-    server_cpus = {cpus[-1]} if pin else None
-    client_cpus = set(cpus[:-1]) if pin else None
-
-    command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    print(f"$ {command}\n", flush=True)
-    with workdir() as wd:
-        bench = Bench(args, wd, server_cpus, client_cpus, per_uid_limit(args.per_uid))
-        shutil.copy(BENCH_DIR / "cannon.js", wd / "cannon.js")
-        (wd / "cannon.js").chmod(0o644)
-        try:
-            figures = measure(bench, nginx, autocannon, cpus if pin else None)
-        finally:
-            bench.stop_all()
-    print(render(figures), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(to_json(figures), indent=2))
+    cpus, server_cpus, client_cpus = cpu_split(args)
+    announce_command()
+    with load_bench(args, server_cpus, client_cpus, per_uid_limit(args.per_uid)) as bench:
+        figures = measure(bench, nginx, autocannon, cpus)
+    publish(render(figures), to_json(figures), args.json)
     bad = [r for r in figures.results if r.bad]
     if bad:
         print("\nwarning: errors or non-2xx answers in: "
@@ -154,14 +139,8 @@ def measure(bench: Bench, nginx: str, autocannon: str, cpus: list[int] | None) -
     args = bench.args
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     load_before = loadavg()
-    import aiohttp
-
-    import tokend
-
     versions = {
-        "tokend": tokend.__version__,
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
+        **common_versions(),
         "nginx": tool_version([nginx, "-v"]).replace("nginx version: ", ""),
         "autocannon": tool_version([autocannon, "--version"]).split()[-1],
         "node": tool_version(["node", "--version"]),
@@ -196,17 +175,12 @@ def measure(bench: Bench, nginx: str, autocannon: str, cpus: list[int] | None) -
                "nginx": (ngx_pids, ngx_sock)}
 
     # 6. load: for each connection count, the three servers back to back
-    rounds: dict[tuple[str, int], list[LoadResult]] = {}
-    for round_no in range(args.rounds):
-        for conns in args.conn_list:
-            for server in SERVERS:
-                pids, path = targets[server]
-                print(f"load: round {round_no + 1}/{args.rounds}, {server}, {conns} connections,"
-                      f" {args.duration:g} s ...", file=sys.stderr, flush=True)
-                rounds.setdefault((server, conns), []).append(
-                    run_load(bench, args.load_generator, autocannon, server, pids, path, conns))
-    results = [max(rounds[(server, conns)], key=lambda r: r.rps)
-               for conns in args.conn_list for server in SERVERS]
+
+    def run_one(server: str, conns: int) -> LoadResult:
+        pids, path = targets[server]
+        return run_load(bench, args.load_generator, autocannon, server, pids, path, conns)
+
+    rounds, results = load_rounds(args, SERVERS, run_one)
     status_after = probe(sock, "/v1/token").status
     rss_after = proc_status_kb(pid, "VmRSS")
     hwm_after = proc_status_kb(pid, "VmHWM")

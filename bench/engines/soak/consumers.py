@@ -204,6 +204,18 @@ _PAUSE = {"poll": (0.005, 0.03), "raw": (0.01, 0.05), "min_ttl": (0.02, 0.1),
           "invalidate": (0.2, 1.0)}
 
 
+def _judge(ctx: Ctx, kind: str, status: int, body: bytes, headers: Mapping[str, str], sent: float,
+           got: float, waits: bool, min_ttl: float = 0.0, not_fp: str | None = None) -> str | None:
+    """A JSON answer: a 200 checked as a token (its fingerprint returned), any other as an error."""
+    if status == 200:
+        doc = json.loads(body)
+        return _check_ok(ctx, kind, doc.get("accessToken", ""), doc, sent, got, min_ttl=min_ttl,
+                         not_fp=not_fp)
+    _check_error(ctx, kind, status, body, headers, sent, got, waits=waits, min_ttl=min_ttl,
+                 not_fp=not_fp)
+    return None
+
+
 async def _one(ctx: Ctx, session: Session, kind: str, rng: random.Random) -> None:
     report = ctx.report
     report.requests[kind] += 1
@@ -213,44 +225,28 @@ async def _one(ctx: Ctx, session: Session, kind: str, rng: random.Random) -> Non
         report.answers[f"{kind} {status}"] += 1
         if got - sent > 0.01:
             ctx.stalls.append((got, got - sent))
-        if status == 200:
-            if kind == "raw":
-                _check_ok(ctx, kind, body.decode(errors="replace"), None, sent, got)
-            else:
-                doc = json.loads(body)
-                _check_ok(ctx, kind, doc.get("accessToken", ""), doc, sent, got)
+        if status == 200 and kind == "raw":
+            _check_ok(ctx, kind, body.decode(errors="replace"), None, sent, got)
         else:
-            _check_error(ctx, kind, status, body, headers, sent, got, waits=False)
+            _judge(ctx, kind, status, body, headers, sent, got, waits=False)
     elif kind == "min_ttl":
         # Mostly the configured min_ttl; one request in ten asks for 1 s, which a 1-second
         # lifetime cannot meet: SPEC §4 answers that with 400 naming the lifetime.
         min_ttl = 1.0 if rng.random() < 0.1 else ctx.report.min_ttl
         status, body, headers, sent, got = await _get(session, "GET", f"/v1/token?min_ttl={min_ttl:g}")
         report.answers[f"min_ttl={min_ttl:g} {status}"] += 1
-        if status == 200:
-            doc = json.loads(body)
-            _check_ok(ctx, kind, doc.get("accessToken", ""), doc, sent, got, min_ttl=min_ttl)
-        else:
-            _check_error(ctx, kind, status, body, headers, sent, got, waits=True, min_ttl=min_ttl)
+        _judge(ctx, kind, status, body, headers, sent, got, waits=True, min_ttl=min_ttl)
     else:  # invalidate the token just received, as a consumer does after a 401
         status, body, headers, sent, got = await _get(session, "GET", "/v1/token")
         report.answers[f"invalidate-get {status}"] += 1
-        if status != 200:
-            _check_error(ctx, kind, status, body, headers, sent, got, waits=False)
-            return
-        doc = json.loads(body)
-        fp = _check_ok(ctx, kind, doc.get("accessToken", ""), doc, sent, got)
+        fp = _judge(ctx, kind, status, body, headers, sent, got, waits=False)
         if fp is None:
             return
         payload = json.dumps({"fingerprint": fp}).encode()
         status, body, headers, sent, got = await _get(
             session, "POST", f"/v1/targets/{TARGET}/invalidate", payload)
         report.answers[f"invalidate {status}"] += 1
-        if status == 200:
-            doc = json.loads(body)
-            _check_ok(ctx, kind, doc.get("accessToken", ""), doc, sent, got, not_fp=fp)
-        else:
-            _check_error(ctx, kind, status, body, headers, sent, got, waits=True, not_fp=fp)
+        _judge(ctx, kind, status, body, headers, sent, got, waits=True, not_fp=fp)
 
 
 # -- faults -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from bench.engines.serve.procfs import proc_status_kb
 from bench.engines.soak.consumers import Ctx, consumer, judge_candidates, watch_lag
 from bench.engines.soak.faults import inject_faults
 from bench.engines.soak.params import ACCESS_TTL, DEFAULT_CONSUMERS, DEFAULT_SLACK, TARGET
@@ -28,10 +29,7 @@ UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 
 
 def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    return proc_status_kb(pid, "VmRSS", missing=0)
 
 
 def _fds(pid: int) -> int:
