@@ -718,3 +718,21 @@ async def test_serve_forever_prints_the_url_first_and_no_password(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_long_running_fake_keeps_only_its_latest_calls(aiohttp_client: ClientFactory) -> None:
+    """The command line's and the demo's fake answer for hours: their call log stays bounded."""
+    fake = FakeSddc(calls_kept=3)
+    client = await aiohttp_client(fake.app())
+    for _ in range(20):
+        resp = await client.get("/v1/domains")  # no token: 401, recorded all the same
+        assert resp.status == 401
+        assert len(fake.calls) < 2 * 3
+    assert len(fake.calls) >= 3
+    stamps = [c.at for c in fake.calls]
+    assert stamps == sorted(stamps) and fake.calls[-1].operation == "domains"
+    unbounded = FakeSddc()
+    client = await aiohttp_client(unbounded.app())
+    for _ in range(20):
+        await client.get("/v1/domains")
+    assert unbounded.count("domains", 401) == 20, "a test's fake keeps every call"

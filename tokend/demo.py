@@ -20,7 +20,7 @@ from pathlib import Path
 from tokend.config import load_config
 from tokend.daemon import Daemon
 from tokend.logs import configure
-from tokend.testing.fake_sddc import FakeSddc, start_fake
+from tokend.testing.fake_sddc import CALLS_KEPT, FakeSddc, start_fake
 from tokend.testing.tls import ensure_tls_dir
 
 ACCESS_TTL = 10.0
@@ -100,7 +100,7 @@ async def run_demo(duration: float | None) -> int:
     try:
         ssl_context = ensure_tls_dir(workdir / "tls")
         password = secrets.token_urlsafe(18)
-        fake = FakeSddc(access_ttl=ACCESS_TTL, users={USER: password})
+        fake = FakeSddc(access_ttl=ACCESS_TTL, users={USER: password}, calls_kept=CALLS_KEPT)
         runner, url = await start_fake(fake, "127.0.0.1", 0, ssl_context)
         (workdir / "password").touch(mode=0o600)
         (workdir / "password").write_text(password + "\n")

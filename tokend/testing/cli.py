@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from tokend.testing.fake_sddc import DEFAULT_USERS, FakeSddc, start_fake
+from tokend.testing.fake_sddc import CALLS_KEPT, DEFAULT_USERS, FakeSddc, start_fake
 from tokend.testing.tls import ensure_tls_dir
 
 
@@ -60,7 +60,8 @@ async def serve_forever(
     """
     host, port = parse_listen(listen)
     fake = FakeSddc(access_ttl=access_ttl, refresh_ttl=refresh_ttl,
-                    users=DEFAULT_USERS if users is None else users, api_keys=set(api_keys or ()))
+                    users=DEFAULT_USERS if users is None else users, api_keys=set(api_keys or ()),
+                    calls_kept=CALLS_KEPT)
     ssl_context = ensure_tls_dir(tls_dir) if tls_dir is not None else None
     runner, url = await start_fake(fake, host, port, ssl_context)
     try:

@@ -47,6 +47,8 @@ from tokend.testing.wire import (
 
 DEFAULT_USERS: Mapping[str, str] = {"administrator@vsphere.local": "VMware1!"}
 API_KEY_USER = "automation@vsphere.local"
+# How many calls a long-running fake keeps in its call log (the command line, the demo).
+CALLS_KEPT = 10_000
 
 
 @dataclass
@@ -85,7 +87,9 @@ class FakeSddc:
     ``clock`` its wall clock (epoch seconds); ``reject_status``, ``gone_status`` and
     ``wrong_content_type_status`` the statuses of a refused login, an unknown refresh token and a
     body that is not JSON; ``accept_json_refresh`` and ``accept_bare_refresh`` the refresh body
-    forms it takes.
+    forms it takes; ``calls_kept`` how many of the latest calls :attr:`calls` keeps (None: every
+    one, as a test wants; a long-running fake, ``tokend fake-sddc`` and ``tokend demo``, keeps a
+    bounded number, so its memory does not grow with every request it answers).
     """
 
     access_ttl: float = 3600
@@ -98,6 +102,7 @@ class FakeSddc:
     wrong_content_type_status: int = 415
     accept_json_refresh: bool = True
     accept_bare_refresh: bool = False
+    calls_kept: int | None = None
 
     def __post_init__(self) -> None:
         # Copies the fake and its tests may change; None, as the arguments once defaulted to, is
@@ -228,6 +233,8 @@ class FakeSddc:
                 request_headers=dict(request.headers),
             )
             self.calls.append(record)
+            if self.calls_kept is not None and len(self.calls) >= 2 * self.calls_kept:
+                del self.calls[:-self.calls_kept]  # now and then: amortised O(1) a call
             response = await answer_with_faults(self.faults, request, operation, handler)
             transport = request.transport
             record.status = 0 if transport is None or transport.is_closing() else response.status
