@@ -8,6 +8,7 @@ a test can send SIGHUP (or stop the daemon) while a reload is half done.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -244,3 +245,11 @@ async def test_sigterm_waits_for_a_reload_at_most_its_request_timeout(
     # The reload was cut before its swap: the replacement never started, and nothing runs.
     assert [k for what, k in journal.entries if what == "start"] == [original]
     assert not journal.running() and not journal.violations
+
+
+async def test_what_start_up_built_is_kept_out_of_the_collectors_sight(
+        running: Running, stub_keepers: Journal) -> None:
+    try:
+        assert gc.get_freeze_count() > 0, "gc.freeze() after start-up: full collections are cheaper"
+    finally:
+        gc.unfreeze()  # this test process goes on

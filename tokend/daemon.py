@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import signal
 import socket
 import time
@@ -106,6 +107,11 @@ class Daemon:
             # After the socket lock (a second tokend fails first), before any keeper logs in.
             self.ledger = Ledger.open(self.config.server.state_dir, time.time())
             self._open_proxies()
+            # What start-up built (modules, config, metrics) lives as long as the process: out of
+            # the collector's sight, a full collection no longer walks it (bench/proxy.py, 100
+            # connections: less CPU per request and a lower p99). Refcounting still frees it.
+            gc.collect()
+            gc.freeze()
             await self._serve(sock)
         finally:
             await self._shutdown()
