@@ -13,6 +13,10 @@
 # table is also written to $MUTATION_WORK/summary.md. Survivors judged equivalent are listed, with
 # why, in bench/README.md.
 set -euo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+fi
 cd "$(dirname "$0")/.."
 repo=$PWD
 

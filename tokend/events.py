@@ -21,9 +21,10 @@ UPSTREAM_ERROR_FIELDS = ("operation", "outcome", "errorCode", "message", "consec
                          "token_valid_for", "next")
 
 CATALOGUE: dict[str, Event] = {
-    "daemon.started": Event(("info",), ("version", "socket", "metrics", "targets"),
+    "daemon.started": Event(("info",), ("version", "socket", "metrics", "targets", "proxies"),
                             "listening; keepers started. `metrics` is the address listened on,"
-                            " with the port the kernel picked for port 0"),
+                            " with the port the kernel picked for port 0; `proxies` the targets"
+                            " with a proxy"),
     "daemon.stopping": Event(("info",), (), "SIGTERM/SIGINT: shutting down (only after"
                              " daemon.started: a start refused by its checks logs nothing)"),
     "daemon.stopped": Event(("info",), (), "socket removed; about to exit"),
