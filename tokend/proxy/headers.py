@@ -43,15 +43,6 @@ _REQUEST_SKIPPED = HOP_BY_HOP | REQUEST_DROPPED  # "connection" among them
 _RESPONSE_SKIPPED = HOP_BY_HOP | RESPONSE_DROPPED
 
 
-def connection_named(headers: Headers) -> frozenset[str]:
-    """The header names every ``Connection`` header lists, lower case."""
-    named: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            named.update(_listed(value))
-    return frozenset(named)
-
-
 def _listed(connection: str) -> list[str]:
     if "," not in connection:  # one name, as "keep-alive" or "close" mostly are
         name = connection.strip().lower()
